@@ -1,0 +1,1 @@
+"""Diffusion maths, denoiser, data, Lightning modules and export."""

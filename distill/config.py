@@ -1,0 +1,271 @@
+"""Structured run configs: dataclasses merged with a YAML file and `key=value` overrides.
+
+Every field is typed; an unknown key or a value of the wrong type stops the run at start-up with
+the valid keys named (`ConfigError`). The resolved config is saved next to every run's outputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "MarkovConfig",
+    "ModelConfig",
+    "DiffusionConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "WandbConfig",
+    "LoggerConfig",
+    "TeacherRunConfig",
+    "load_config",
+    "resolve_config_path",
+    "save_config",
+    "MISSING",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used as given; the message says what to change."""
+
+
+@dataclass
+class MarkovConfig:
+    """The embedded `markov` task: a fixed sparse random Markov chain."""
+
+    num_states: int = 32
+    branching: int = 4  # successors per state; every other transition has probability 0
+    concentration: float = 1.0  # Dirichlet concentration of each row's non-zero weights
+    seed: int = 0  # fixes the chain itself (not the samples drawn from it)
+
+    def __post_init__(self) -> None:
+        if self.num_states < 2:
+            raise ConfigError("data.markov.num_states must be at least 2")
+        if not 1 <= self.branching <= self.num_states:
+            raise ConfigError(f"data.markov.branching must be in [1, num_states={self.num_states}]")
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from, how long a sequence is, and how the data is split."""
+
+    source: str = "markov"  # markov | stdlib | text | jsonl | hf
+    path: str | None = None  # text / jsonl file, or a Hugging Face dataset name for `hf`
+    text_field: str = "text"  # jsonl / hf field that holds the document
+    hf_config: str | None = None  # Hugging Face dataset config name
+    hf_split: str = "train"
+    seq_len: int = 64
+    tokenizer: str | None = None  # tokenizer.json or a directory with one; trained when absent
+    vocab_size: int = 2048  # BPE vocabulary size when a tokenizer is trained
+    max_bytes: int = 4_000_000  # cap on corpus bytes read (stdlib / text / jsonl / hf); 0 = no cap
+    num_train: int = 20_000  # markov: training sequences
+    num_val: int = 512  # markov: validation sequences
+    val_fraction: float = 0.05  # corpora: fraction of documents held out (by a hash of their text)
+    seed: int = 0  # markov: seed of the sampled sequences
+    markov: MarkovConfig = field(default_factory=MarkovConfig)
+
+    def __post_init__(self) -> None:
+        sources = ("markov", "stdlib", "text", "jsonl", "hf")
+        if self.source not in sources:
+            raise ConfigError(f"data.source={self.source!r} is not one of {', '.join(sources)}")
+        if self.seq_len < 2:
+            raise ConfigError("data.seq_len must be at least 2")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction must be in (0, 1)")
+        if self.source in ("text", "jsonl", "hf") and not self.path:
+            raise ConfigError(
+                f"data.source={self.source} needs data.path (a file, or a dataset name for hf); "
+                f"pass it as data.path=..."
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser backbone: a tiny ModernBERT built from config, or a pretrained checkpoint."""
+
+    pretrained: str | None = None  # local directory or hub id for AutoModelForMaskedLM
+    trust_remote_code: bool = False
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 256
+    local_attention: int = 128  # ModernBERT sliding-window width for its local layers
+    dropout: float = 0.0
+    time_conditioning: bool = False  # absorbing diffusion does not need it (MDLM, SDTT)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("model.hidden_size must be divisible by model.num_heads")
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward (masking) process and how training draws t."""
+
+    noise_schedule: str = "loglinear"  # loglinear | linear | cosine
+    eps: float = 1e-3  # keeps alpha(1) = eps > 0 ... and the weights finite
+    antithetic: bool = True  # low-discrepancy t: one uniform offset, evenly spaced across the batch
+
+    def __post_init__(self) -> None:
+        if self.noise_schedule not in ("loglinear", "linear", "cosine"):
+            raise ConfigError(
+                f"diffusion.noise_schedule={self.noise_schedule!r} is not one of loglinear, linear, cosine"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up, then constant or cosine decay; EMA of the weights."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 100
+    decay: str = "cosine"  # constant | cosine
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # 0 disables
+    ema: float = 0.999  # 0 disables EMA
+
+    def __post_init__(self) -> None:
+        if self.decay not in ("constant", "cosine"):
+            raise ConfigError(f"optim.decay={self.decay!r} is not one of constant, cosine")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("optim.ema must be in [0, 1); 0 disables it")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings that a user changes."""
+
+    max_steps: int = 2000
+    batch_size: int = 64
+    val_every: int = 250  # optimiser steps between validations (and checkpoints)
+    val_batches: int = 8
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"
+    devices: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 25
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError("trainer.max_steps must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("trainer.batch_size must be at least 1")
+
+
+@dataclass
+class WandbConfig:
+    """W&B logging; offline unless the user sets WANDB_MODE or logger.wandb.mode."""
+
+    mode: str | None = None  # offline | online | disabled; None = $WANDB_MODE or offline
+    project: str = "fewstep"
+    name: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class TeacherRunConfig:
+    """`fewstep teacher`: pretrain a masked-diffusion teacher with the MDLM objective."""
+
+    out_dir: str = "runs/teacher"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sample_steps: int = 64  # steps for the samples printed at the end of a run
+    num_print_samples: int = 4
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config given as a path, or as a name of a config shipped with fewstep (`teacher/markov`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = resources.files("fewstep.configs")
+    for candidate in (name, f"{name}.yaml"):
+        entry = shipped.joinpath(candidate)
+        if entry.is_file():
+            return Path(str(entry))
+    available = sorted(
+        str(p.relative_to(Path(str(shipped))).with_suffix(""))
+        for p in Path(str(shipped)).rglob("*.yaml")
+    )
+    raise ConfigError(
+        f"config {name!r} is neither a file nor a shipped config; shipped configs: {', '.join(available)}"
+    )
+
+
+def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in schema.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            keys.extend(_valid_keys(value, f"{full}."))
+        else:
+            keys.append(full)
+    return keys
+
+
+def _explain(error: OmegaConfBaseException, schema: DictConfig) -> str:
+    key = getattr(error, "full_key", None) or ""
+    valid = _valid_keys(schema)
+    message = str(error).splitlines()[0]
+    if key and key not in valid:
+        close = difflib.get_close_matches(key, valid, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent):]]
+        return f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(siblings or valid)}"
+    return f"bad value for config key {key!r}: {message}"
+
+
+def load_config(schema_cls: type[T], config: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Merge `schema_cls` defaults, a YAML file and `key=value` overrides into a validated object."""
+    schema = OmegaConf.structured(schema_cls)
+    layers = []
+    if config is not None:
+        path = resolve_config_path(str(config))
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as error:  # yaml errors come in several types
+            raise ConfigError(f"cannot read config {path}: {error}") from error
+    bad = [o for o in overrides or [] if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        obj = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as error:
+        raise ConfigError(_explain(error, schema)) from error
+    except ValueError as error:  # raised by a dataclass's __post_init__
+        raise ConfigError(str(error)) from error
+    return obj  # type: ignore[return-value]
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically), so a run can be reproduced from its outputs."""
+    from fewstep.distill.io import atomic_write_text
+
+    atomic_write_text(Path(path), OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -1,0 +1,8 @@
+"""fewstep: distil many-step masked-diffusion language models into few-step students.
+
+The code lives in three subpackages: `fewstep.distill` (diffusion maths, denoiser, data, Lightning
+modules, export), `fewstep.samplers` (samplers and unmasking schedules) and `fewstep.kernels`
+(fused denoising-step kernels).
+"""
+
+__version__ = "0.1.0"

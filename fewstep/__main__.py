@@ -1,0 +1,3 @@
+from fewstep.cli import main
+
+raise SystemExit(main())

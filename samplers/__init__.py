@@ -1,0 +1,1 @@
+"""Samplers and unmasking schedules."""

@@ -1,0 +1,63 @@
+"""Structured configs: YAML + key=value overrides, strict keys and types, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fewstep.distill.config import ConfigError, TeacherRunConfig, load_config, resolve_config_path
+
+
+def test_overrides_merge_over_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  seq_len: 32\ntrainer:\n  max_steps: 7\n")
+    cfg = load_config(TeacherRunConfig, path, ["trainer.max_steps=9", "model.hidden_size=64"])
+    assert (cfg.data.seq_len, cfg.trainer.max_steps, cfg.model.hidden_size) == (32, 9, 64)
+    assert isinstance(cfg, TeacherRunConfig)
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ConfigError) as error:
+        load_config(TeacherRunConfig, None, ["data.seqlen=32"])
+    message = str(error.value)
+    assert "data.seqlen" in message and "data.seq_len" in message and "data.source" in message
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  max_step: 5\n")
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        load_config(TeacherRunConfig, path)
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        load_config(TeacherRunConfig, None, ["trainer.max_steps=lots"])
+
+
+def test_value_checks_run_at_start_up():
+    with pytest.raises(ConfigError, match="data.source"):
+        load_config(TeacherRunConfig, None, ["data.source=wikipedia"])
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config(TeacherRunConfig, None, ["data.source=text"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(TeacherRunConfig, None, ["trainer.max_steps"])
+
+
+def test_missing_config_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="teacher/markov"):
+        resolve_config_path("teacher/nope")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "teacher/markov", "teacher/stdlib"])
+def test_shipped_configs_load(name):
+    cfg = load_config(TeacherRunConfig, name)
+    assert cfg.trainer.max_steps > 0
+    assert Path(resolve_config_path(name)).is_file()
+
+
+def test_shipped_text_config_needs_a_path():
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config(TeacherRunConfig, "teacher/text")
+    cfg = load_config(TeacherRunConfig, "teacher/text", ["data.path=corpus.txt"])
+    assert cfg.data.path == "corpus.txt"
