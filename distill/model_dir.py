@@ -1,0 +1,112 @@
+"""Loadable model directories: `config.json`, `model.safetensors`, tokenizer files, `fewstep.json`.
+
+A directory Hugging Face users recognise (the backbone loads with `AutoModelForMaskedLM`), plus
+`fewstep.json` with what fewstep needs to sample from it: mask id, noise schedule, the data config
+and its fingerprint. Written atomically: an interrupted save leaves the previous directory intact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fewstep.distill.denoiser import Denoiser, ModelError, check_vocab
+from fewstep.distill.io import atomic_replace_dir
+
+import fewstep
+
+__all__ = ["FORMAT", "LoadedModel", "save_model_dir", "load_model_dir", "resolve_model_dir"]
+
+FORMAT = "fewstep-denoiser/1"
+META_FILE = "fewstep.json"
+TIME_FILE = "time_embedding.safetensors"
+
+
+@dataclass
+class LoadedModel:
+    denoiser: Denoiser
+    tokenizer: Any
+    meta: dict[str, Any]
+
+
+def save_model_dir(denoiser: Denoiser, tokenizer: Any, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Write `denoiser` and `tokenizer` as a model directory at `path` (replacing it atomically)."""
+    from safetensors.torch import load_file, save_file
+
+    meta = {"format": FORMAT, "fewstep_version": fewstep.__version__, "mask_id": denoiser.mask_id,
+            "vocab_size": denoiser.vocab_size, "time_conditioning": denoiser.time_conditioning, **meta}
+
+    def fill(tmp: Path) -> None:
+        denoiser.backbone.save_pretrained(tmp, safe_serialization=True)
+        weights = tmp / "model.safetensors"
+        tensors = load_file(weights)
+        header = {"format": "pt", "fewstep_format": FORMAT, "fewstep_version": fewstep.__version__,
+                  "mask_id": str(denoiser.mask_id)}
+        header.update({k: json.dumps(v) if not isinstance(v, str) else v
+                       for k, v in meta.items() if k in ("steps", "schedule", "sampler", "data_fingerprint",
+                                                         "noise_schedule")})
+        save_file(tensors, weights, metadata=header)
+        if denoiser.time_embedding is not None:
+            save_file({k: v.contiguous() for k, v in denoiser.time_embedding.state_dict().items()}, tmp / TIME_FILE)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+    path = Path(path)
+    atomic_replace_dir(path, fill)
+    return path
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory, or a run directory holding one at `model/`."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model directory {path} does not exist")
+    if (path / META_FILE).is_file():
+        return path
+    if (path / "model" / META_FILE).is_file():
+        return path / "model"
+    raise ModelError(
+        f"{path} is not a fewstep model directory (no {META_FILE}); pass a teacher or distillation run's "
+        "out_dir, its model/ folder, or a directory written by `fewstep export`"
+    )
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory written by `save_model_dir`, checking that every part fits."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM, PreTrainedTokenizerFast
+
+    path = resolve_model_dir(path)
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{path / META_FILE} is not valid JSON ({error}); re-export the model") from error
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise ModelError(f"{path} has no {name}; the directory is incomplete, re-export the model")
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    except Exception as error:  # tokenizers raises several types for a bad file
+        raise ModelError(f"cannot load the tokenizer in {path}: {error}") from error
+    try:
+        backbone = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=bool(meta.get("trust_remote_code")))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ModelError(
+            f"cannot load the weights in {path}: {str(error).splitlines()[0][:300]}. The file may be corrupt or "
+            "not match config.json; re-export the model"
+        ) from error
+    check_vocab(backbone.config.vocab_size, tokenizer, tokenizer.mask_token_id,
+                getattr(backbone.config, "mask_token_id", None))
+    if tokenizer.mask_token_id != meta["mask_id"]:
+        raise ModelError(f"{META_FILE} says mask id {meta['mask_id']}, the tokenizer {tokenizer.mask_token_id}")
+    denoiser = Denoiser(backbone, mask_id=meta["mask_id"], vocab_size=meta["vocab_size"],
+                        time_conditioning=bool(meta.get("time_conditioning")))
+    if denoiser.time_embedding is not None:
+        denoiser.time_embedding.load_state_dict(load_file(path / TIME_FILE))
+    return LoadedModel(denoiser.to(device).eval(), tokenizer, meta)
