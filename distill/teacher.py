@@ -1,0 +1,91 @@
+"""The teacher LightningModule: pretrain a denoiser with MDLM's continuous-time NELBO."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from fewstep.distill.config import OptimConfig
+from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
+
+__all__ = ["TeacherModule", "NonFiniteLossError", "warmup_cosine"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def warmup_cosine(warmup: int, total: int, decay: str, min_ratio: float):
+    """LR multiplier: linear warm-up over `warmup` steps, then constant or cosine down to `min_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class TeacherModule(L.LightningModule):
+    """Trains `denoiser` on the NELBO; logs `train/nelbo` and `val/nelbo` in nats per token.
+
+    With `data_entropy` (the exact per-token entropy of the data, known for `markov`) it also logs
+    `val/gap`, the relative excess of the validation NELBO over that optimum.
+    """
+
+    def __init__(self, denoiser: Denoiser, schedule: NoiseSchedule, optim: OptimConfig, max_steps: int,
+                 antithetic: bool = True, data_entropy: float | None = None, val_seed: int = 1234) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.optim = optim
+        self.max_steps = max_steps
+        self.antithetic = antithetic
+        self.data_entropy = data_entropy
+        self.val_seed = val_seed
+
+    def nelbo(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean NELBO per token (nats) of a batch, one t per sequence."""
+        t = sample_t(x0.shape[0], self.antithetic, generator=generator, device=x0.device)
+        z = forward_process(x0, t, self.schedule, self.denoiser.mask_id, generator=generator)
+        logits = self.denoiser(z, t)
+        return nelbo_per_position(logits, x0, z, t, self.schedule, self.denoiser.mask_id).mean()
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.nelbo(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {self.global_step}; the last good checkpoint is kept. "
+                "Lower optim.lr, keep optim.grad_clip on, or use trainer.precision=32-true."
+            )
+        self.log("train/nelbo", loss, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # the same masks and times at every validation, so curves are comparable across steps
+        self._val_generator = torch.Generator().manual_seed(self.val_seed)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        loss = self.nelbo(batch, generator=self._val_generator)
+        self.log("val/nelbo", loss, prog_bar=True, sync_dist=True)
+        if self.data_entropy:
+            self.log("val/gap", loss / self.data_entropy - 1.0, sync_dist=True)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.denoiser.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name or "bias" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim.lr, betas=tuple(self.optim.betas),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.optim.warmup_steps, self.max_steps, self.optim.decay, self.optim.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

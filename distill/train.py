@@ -1,0 +1,127 @@
+"""`fewstep teacher`: build data and denoiser, train with Lightning, export `out_dir/model/`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from fewstep.distill.config import TeacherRunConfig, save_config
+from fewstep.distill.data import TokenData, build_data, make_loader
+from fewstep.distill.denoiser import Denoiser, build_denoiser
+from fewstep.distill.diffusion import make_schedule
+from fewstep.distill.io import atomic_write_text
+from fewstep.distill.model_dir import save_model_dir
+from fewstep.distill.runtime import AtomicCheckpointIO, make_loggers, prepare_out_dir, resolve_precision
+from fewstep.distill.teacher import TeacherModule
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+
+__all__ = ["TeacherResult", "train_teacher", "model_meta"]
+
+
+@dataclass
+class TeacherResult:
+    out_dir: Path
+    model_dir: Path
+    steps: int
+    val_nelbo: float | None
+    val_gap: float | None
+    train_seconds: float
+    data: dict[str, Any]
+    num_parameters: int
+
+
+def model_meta(data: TokenData, cfg: TeacherRunConfig) -> dict[str, Any]:
+    """What a model directory records about how its model was made."""
+    return {
+        "noise_schedule": cfg.diffusion.noise_schedule,
+        "noise_eps": cfg.diffusion.eps,
+        "seq_len": cfg.data.seq_len,
+        "data": asdict(cfg.data),
+        "data_fingerprint": data.fingerprint,
+        "trust_remote_code": cfg.model.trust_remote_code,
+    }
+
+
+def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TeacherResult:
+    """Train a teacher as `cfg` says; continue from `out_dir/checkpoints/last.ckpt` with `resume`."""
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = prepare_out_dir(out_dir, cfg, resume)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    data = build_data(cfg.data, out_dir)
+    denoiser = build_denoiser(cfg.model, data.tokenizer, data.mask_id, cfg.data.seq_len)
+    save_config(cfg, out_dir / "config.yaml")
+    atomic_write_text(out_dir / "data.json", json.dumps(data.describe(), indent=2))
+
+    module = TeacherModule(
+        denoiser,
+        make_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.eps),
+        cfg.optim,
+        max_steps=cfg.trainer.max_steps,
+        antithetic=cfg.diffusion.antithetic,
+        data_entropy=data.stats.get("data_entropy_per_token"),
+    )
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/nelbo", mode="min",
+                                 save_top_k=1, save_last=True, enable_version_counter=False)
+    all_callbacks: list[Callback] = [checkpoint, *(callbacks or [])]
+    if cfg.optim.ema > 0:
+        all_callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema))
+    trainer = L.Trainer(
+        max_steps=cfg.trainer.max_steps,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=min(cfg.trainer.val_every, cfg.trainer.max_steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.trainer.val_batches,
+        log_every_n_steps=cfg.trainer.log_every,
+        enable_progress_bar=cfg.trainer.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=make_loggers(cfg.logger, out_dir, "teacher", cfg),
+        callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out_dir),
+    )
+    train_loader = make_loader(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.trainer.seed,
+                               num_workers=cfg.trainer.num_workers)
+    val_loader = make_loader(data.val, cfg.trainer.batch_size, shuffle=False, num_workers=cfg.trainer.num_workers)
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    elapsed = time.perf_counter() - start
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted; resume it with --resume")
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    model_dir = save_model_dir(denoiser.cpu(), data.tokenizer, out_dir / "model", model_meta(data, cfg))
+    _finish_loggers(trainer)
+    return TeacherResult(
+        out_dir=out_dir,
+        model_dir=model_dir,
+        steps=trainer.global_step,
+        val_nelbo=metrics.get("val/nelbo"),
+        val_gap=metrics.get("val/gap"),
+        train_seconds=elapsed,
+        data=data.describe(),
+        num_parameters=denoiser.num_parameters(),
+    )
+
+
+def _finish_loggers(trainer: L.Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
+
+
+def load_denoiser_state(denoiser: Denoiser, checkpoint: Path) -> Denoiser:
+    """Load a teacher Lightning checkpoint's weights (the EMA weights, when EMA was on) into `denoiser`."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    denoiser.load_state_dict({k.removeprefix("denoiser."): v for k, v in state.items()})
+    return denoiser

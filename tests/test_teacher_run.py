@@ -1,0 +1,116 @@
+"""Real Lightning runs of the teacher: checkpoints, resume, guards, NaN, W&B offline files."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_overrides
+from fewstep.distill.config import TeacherRunConfig, load_config
+from fewstep.distill.model_dir import load_model_dir
+from fewstep.distill.runtime import RunError
+from fewstep.distill.teacher import NonFiniteLossError
+from fewstep.distill.train import train_teacher
+from wandb_records import history_keys
+
+
+def cfg_for(out, *extra):
+    return load_config(TeacherRunConfig, None, tiny_overrides(out, *extra))
+
+
+def test_a_run_writes_everything(tiny_teacher):
+    out = tiny_teacher
+    for name in ("config.yaml", "data.json", "tokenizer.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
+                 "model/model.safetensors", "model/config.json", "model/fewstep.json", "csv/metrics.csv"):
+        assert (out / name).is_file(), name
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    loaded = load_model_dir(out)
+    assert len(loaded.meta["data_fingerprint"]) == 16
+    # the exported model carries the EMA weights, which are what the checkpoint's state_dict holds
+    state = {k.removeprefix("denoiser."): v for k, v in ckpt["state_dict"].items()}
+    ours = loaded.denoiser.state_dict()
+    assert torch.equal(ours["backbone.model.embeddings.tok_embeddings.weight"],
+                       state["backbone.model.embeddings.tok_embeddings.weight"])
+
+
+def test_wandb_offline_run_holds_the_metrics(tiny_teacher):
+    runs = list((tiny_teacher / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = list(runs[0].glob("*.wandb"))
+    assert len(files) == 1
+    assert {"train/nelbo", "val/nelbo", "val/gap"} <= history_keys(files[0])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class StopAt(L.Callback):
+    """Simulate a crash after `step` optimiser steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise Crash("simulated crash")
+
+
+class FirstStep(L.Callback):
+    def on_train_start(self, trainer, *args) -> None:
+        self.first = trainer.global_step
+
+
+def test_stopped_run_resumes_from_last_checkpoint_and_finishes(tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_for(out, "trainer.max_steps=8", "trainer.val_every=2", "logger.wandb.mode=disabled")
+    with pytest.raises(Crash):
+        train_teacher(cfg, callbacks=[StopAt(5)])
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert not (out / "model").exists()
+    with pytest.raises(RunError, match="--resume"):
+        train_teacher(cfg)  # without --resume the run is not overwritten
+    first = FirstStep()
+    result = train_teacher(cfg, resume=True, callbacks=[first])
+    assert first.first == 4 and result.steps == 8
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_resume_with_a_config_that_does_not_fit_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train_teacher(cfg_for(out, "trainer.max_steps=2", "trainer.val_every=2", "logger.wandb.mode=disabled"))
+    before = (out / "checkpoints" / "last.ckpt").read_bytes()
+    changed = cfg_for(out, "trainer.max_steps=4", "model.hidden_size=64", "logger.wandb.mode=disabled")
+    with pytest.raises(RunError, match="model.hidden_size: 32 -> 64"):
+        train_teacher(changed, resume=True)
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
+    with pytest.raises(RunError, match="no checkpoint to resume"):
+        train_teacher(cfg_for(tmp_path / "empty", "logger.wandb.mode=disabled"), resume=True)
+
+
+class PoisonAt(L.Callback):
+    """Turn the weights into NaN after `step` steps, as a diverging run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.fill_(math.nan)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_for(out, "trainer.max_steps=10", "trainer.val_every=2", "logger.wandb.mode=disabled",
+                  "optim.ema=0")
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is kept"):
+        train_teacher(cfg, callbacks=[PoisonAt(3)])
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
