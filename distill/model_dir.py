@@ -30,6 +30,7 @@ class LoadedModel:
     denoiser: Denoiser
     tokenizer: Any
     meta: dict[str, Any]
+    path: Path | None = None  # the model directory it came from, if any
 
 
 def save_model_dir(denoiser: Denoiser, tokenizer: Any, path: str | Path, meta: dict[str, Any]) -> Path:
@@ -109,4 +110,4 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
                         time_conditioning=bool(meta.get("time_conditioning")))
     if denoiser.time_embedding is not None:
         denoiser.time_embedding.load_state_dict(load_file(path / TIME_FILE))
-    return LoadedModel(denoiser.to(device).eval(), tokenizer, meta)
+    return LoadedModel(denoiser.to(device).eval(), tokenizer, meta, path)

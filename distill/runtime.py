@@ -12,8 +12,8 @@ from fewstep.distill.io import atomic_save
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
-__all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "make_loggers", "resolve_precision",
-           "wandb_mode"]
+__all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "make_loggers", "finish_loggers",
+           "resolve_precision", "wandb_mode"]
 
 
 class RunError(RuntimeError):
@@ -27,14 +27,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-# config sections whose change makes an existing checkpoint meaningless for this run
-_RESUME_KEYS = ("data", "model", "diffusion")
-
-
-def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool) -> Path | None:
+def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool,
+                    sections: tuple[str, ...] = ("data", "model", "diffusion")) -> Path | None:
     """Guard `out_dir`: never overwrite a run by accident; on resume, return the checkpoint to continue.
 
-    Resuming with a config that changes the data, model or diffusion is refused with the keys named.
+    Resuming with a config whose `sections` (those a checkpoint depends on) changed is refused with
+    the keys named.
     """
     last = out_dir / "checkpoints" / "last.ckpt"
     saved = out_dir / "config.yaml"
@@ -51,7 +49,7 @@ def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool) -> Path | None:
         old = OmegaConf.to_container(OmegaConf.load(saved))
         new = OmegaConf.to_container(OmegaConf.structured(cfg))
         changed = []
-        for section in _RESUME_KEYS:
+        for section in sections:
             changed += _diff(old.get(section), new.get(section), section)
         if changed:
             raise RunError(
@@ -88,6 +86,15 @@ def make_loggers(cfg: LoggerConfig, out_dir: Path, name: str, config: Any) -> li
         loggers.append(WandbLogger(project=cfg.wandb.project, name=cfg.wandb.name or name, save_dir=str(out_dir),
                                    mode=mode, config=OmegaConf.to_container(OmegaConf.structured(config))))
     return loggers
+
+
+def finish_loggers(trainer: Any) -> None:
+    """Flush every logger and close the W&B run, so its files are complete when the command returns."""
+    for logger in trainer.loggers:
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

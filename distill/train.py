@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,17 @@ import lightning as L
 import torch
 from fewstep.distill.config import TeacherRunConfig, save_config
 from fewstep.distill.data import TokenData, build_data, make_loader
-from fewstep.distill.denoiser import Denoiser, build_denoiser
+from fewstep.distill.denoiser import build_denoiser
 from fewstep.distill.diffusion import make_schedule
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import save_model_dir
-from fewstep.distill.runtime import AtomicCheckpointIO, make_loggers, prepare_out_dir, resolve_precision
+from fewstep.distill.runtime import (
+    AtomicCheckpointIO,
+    finish_loggers,
+    make_loggers,
+    prepare_out_dir,
+    resolve_precision,
+)
 from fewstep.distill.teacher import TeacherModule
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 
@@ -72,6 +79,7 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
         all_callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema))
     trainer = L.Trainer(
         max_steps=cfg.trainer.max_steps,
+        max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes > 0 else None,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
@@ -94,12 +102,12 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.perf_counter() - start
-    if trainer.interrupted:
-        raise KeyboardInterrupt("training was interrupted; resume it with --resume")
+    if trainer.global_step % cfg.trainer.val_every:  # stopped between validations (max_steps or max_minutes)
+        trainer.validate(module, val_loader, verbose=False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     model_dir = save_model_dir(denoiser.cpu(), data.tokenizer, out_dir / "model", model_meta(data, cfg))
-    _finish_loggers(trainer)
+    finish_loggers(trainer)
     return TeacherResult(
         out_dir=out_dir,
         model_dir=model_dir,
@@ -111,17 +119,3 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
         num_parameters=denoiser.num_parameters(),
     )
 
-
-def _finish_loggers(trainer: L.Trainer) -> None:
-    for logger in trainer.loggers:
-        logger.finalize("success")
-        experiment = getattr(logger, "_experiment", None)
-        if experiment is not None and hasattr(experiment, "finish"):
-            experiment.finish()
-
-
-def load_denoiser_state(denoiser: Denoiser, checkpoint: Path) -> Denoiser:
-    """Load a teacher Lightning checkpoint's weights (the EMA weights, when EMA was on) into `denoiser`."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    denoiser.load_state_dict({k.removeprefix("denoiser."): v for k, v in state.items()})
-    return denoiser

@@ -45,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
     teacher.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
+    distill = commands.add_parser(
+        "distill", help="distil a teacher into a few-step student, in rounds (SDTT or trajectory)",
+        description="Distil a teacher (a teacher run's out_dir, a model directory or a Hugging Face id, "
+                    "teacher.path=...) into a student that samples in fewer steps. method=sdtt: the student "
+                    "learns in one step what the teacher does in rounds.k; method=trajectory: the student learns "
+                    "the teacher's own samples with a certainty-forcing term. The student's step count starts "
+                    "at rounds.start_steps and halves (or shrinks linearly) each round; out_dir receives "
+                    "round_<r>/model/ per round, model/ (the final student), rounds.json (validation per round), "
+                    "checkpoints/last.ckpt, csv/ and wandb/ logs.",
+    )
+    distill.add_argument("config", metavar="CONFIG", help=CONFIG_HELP + " (e.g. distill/markov)")
+    distill.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    distill.add_argument("--resume", action="store_true",
+                         help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
+    distill.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
     sample = commands.add_parser(
         "sample", help="draw samples from a model directory",
         description="Draw samples with the ancestral sampler (float64 Gumbel noise) and write one JSON object "
@@ -91,6 +107,22 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from fewstep.distill.config import DistillRunConfig, load_config
+
+    cfg = load_config(DistillRunConfig, args.config, args.overrides)
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return 0
+    from fewstep.distill.distill_run import run_distill
+    from fewstep.pipeline import print_distill_summary
+
+    print_distill_summary(run_distill(cfg, resume=args.resume))
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.distill.io import atomic_write_text
     from fewstep.distill.quality import sample_records
@@ -122,7 +154,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"teacher": _cmd_teacher, "sample": _cmd_sample, "quickstart": _cmd_quickstart}
+_COMMANDS = {"teacher": _cmd_teacher, "distill": _cmd_distill, "sample": _cmd_sample, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import torch
 from fewstep.distill.config import TeacherRunConfig, load_config
 from fewstep.distill.runtime import RunError
 
-__all__ = ["format_table", "print_teacher_summary", "quickstart", "markov_step_table"]
+__all__ = ["format_table", "print_teacher_summary", "print_distill_summary", "quickstart", "markov_step_table"]
 
 QUICKSTART_STEPS = (4, 16, 64, 256)
 
@@ -56,6 +56,25 @@ def print_teacher_summary(result: Any, cfg: TeacherRunConfig) -> None:
         print(f"\nsamples ({cfg.sample_steps} steps):")
         for record in records:
             print("  " + record["text"][:200].replace("\n", "\\n"))
+
+
+def print_distill_summary(result: Any) -> None:
+    """The per-round validation table of a distillation run."""
+    print(f"\ndistilled for {result.steps} steps in {result.train_seconds:.0f} s; final student: {result.model_dir}")
+    if not result.rounds:
+        return
+    metric = "exact_nll" if "student_exact_nll" in result.rounds[0] else "teacher_nelbo"
+    rows = []
+    for record in result.rounds:
+        for who in ("student", "teacher", "original"):
+            rows.append({"round": record["round"], "model": who, "steps": int(record[f"{who}_steps"]),
+                         metric: record.get(f"{who}_{metric}", float("nan")),
+                         "invalid_rate": record.get(f"{who}_invalid_rate", ""),
+                         "entropy": record[f"{who}_entropy"]})
+    columns = ["round", "model", "steps", metric, "entropy"] + (["invalid_rate"] if metric == "exact_nll" else [])
+    print(format_table(rows, columns))
+    print("teacher = this round's teacher at k x the student's steps; original = the undistilled teacher at the "
+          "student's steps")
 
 
 def markov_step_table(model: torch.nn.Module, chain: Any, steps: tuple[int, ...], num_samples: int, seq_len: int, seed: int = 0, label: str = "teacher") -> list[dict[str, Any]]:

@@ -1,0 +1,148 @@
+"""`fewstep distill`: load the teacher once, build the student, run the rounds with Lightning."""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from fewstep.distill.config import DistillRunConfig, TeacherSourceConfig, save_config
+from fewstep.distill.data import build_data, make_loader
+from fewstep.distill.denoiser import Denoiser, ModelError, build_denoiser, check_vocab
+from fewstep.distill.diffusion import make_schedule
+from fewstep.distill.ema import SubmoduleEMA
+from fewstep.distill.model_dir import LoadedModel, load_model_dir
+from fewstep.distill.module import DistillModule
+from fewstep.distill.rounds import RoundCallback
+from fewstep.distill.runtime import (
+    AtomicCheckpointIO,
+    finish_loggers,
+    make_loggers,
+    prepare_out_dir,
+    resolve_precision,
+)
+from fewstep.distill.trajectory import ensure_trajectories
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+__all__ = ["DistillResult", "load_teacher", "run_distill"]
+
+RESUME_SECTIONS = ("teacher", "method", "data", "student", "loss", "rounds", "trajectory")
+
+
+@dataclass
+class DistillResult:
+    out_dir: Path
+    model_dir: Path
+    rounds: list[dict[str, Any]]
+    train_seconds: float
+    steps: int
+
+
+def load_teacher(source: TeacherSourceConfig) -> LoadedModel:
+    """A teacher run's out_dir or a model directory; else a Hugging Face id (AutoModelForMaskedLM)."""
+    path = Path(source.path)
+    if path.exists():
+        return load_model_dir(path)
+    if source.path.startswith((".", "/", "~")) or source.path.count("/") != 1:
+        raise ModelError(f"teacher.path={source.path!r} does not exist (give a teacher run's out_dir, a model "
+                         "directory, or a Hugging Face id like org/name)")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
+        backbone = AutoModelForMaskedLM.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
+    except OSError as error:
+        raise ModelError(f"cannot load teacher {source.path!r} from the hub: {str(error).splitlines()[0]}") from error
+    check_vocab(backbone.config.vocab_size, tokenizer, tokenizer.mask_token_id)
+    denoiser = Denoiser(backbone, tokenizer.mask_token_id, len(tokenizer))
+    return LoadedModel(denoiser.eval(), tokenizer, {"noise_schedule": "loglinear", "source": source.path})
+
+
+def _data_config(cfg: DistillRunConfig, teacher: LoadedModel):
+    """Corpora are tokenised with the teacher's own tokenizer unless data.tokenizer says otherwise."""
+    data = cfg.data
+    teacher_dir = teacher.path
+    if data.source != "markov" and data.tokenizer is None and teacher_dir:
+        data = replace(data, tokenizer=str(teacher_dir))
+    return data
+
+
+def _check_fit(teacher: LoadedModel, data) -> None:
+    size = len(data.tokenizer)
+    if teacher.denoiser.vocab_size != size or teacher.denoiser.mask_id != data.mask_id:
+        raise ModelError(
+            f"the teacher's vocabulary ({teacher.denoiser.vocab_size} ids, mask id {teacher.denoiser.mask_id}) does "
+            f"not fit the data's tokenizer ({size} ids, mask id {data.mask_id}); distil on the data the teacher was "
+            "trained on (copy its data.* settings, or set data.tokenizer to the teacher's model directory)"
+        )
+
+
+def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> DistillResult:
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = prepare_out_dir(out_dir, cfg, resume, sections=RESUME_SECTIONS)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    teacher = load_teacher(cfg.teacher)
+    data = build_data(_data_config(cfg, teacher), out_dir)
+    _check_fit(teacher, data)
+    save_config(cfg, out_dir / "config.yaml")
+
+    schedule_name = teacher.meta.get("noise_schedule", "loglinear")
+    schedule = make_schedule(schedule_name, teacher.meta.get("noise_eps", 1e-3))
+    if cfg.student.init == "teacher":
+        student = copy.deepcopy(teacher.denoiser).train()
+    else:
+        student = build_denoiser(cfg.student.model, data.tokenizer, data.mask_id, data.train.shape[1])
+    student.requires_grad_(True)
+    original = copy.deepcopy(teacher.denoiser).eval()
+
+    train_tokens = data.train
+    if cfg.method == "trajectory":
+        steps = cfg.trajectory.teacher_steps or cfg.rounds.start_steps * cfg.rounds.k
+        signature = {"teacher": str(cfg.teacher.path), "fingerprint": teacher.meta.get("data_fingerprint"),
+                     "steps": steps, "seq_len": data.train.shape[1], "seed": cfg.trainer.seed}
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        train_tokens = ensure_trajectories(teacher.denoiser.to(device), out_dir / "trajectories.pt",
+                                           cfg.trajectory.num_trajectories, data.train.shape[1], steps,
+                                           cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
+                                           signature, progress=cfg.trainer.progress)
+        teacher.denoiser.cpu()
+
+    module = DistillModule(student, teacher.denoiser, schedule, cfg.method, cfg.loss, cfg.rounds, cfg.optim,
+                           cfg.trajectory, seed=cfg.trainer.seed)
+    meta = {"noise_schedule": schedule_name, "noise_eps": schedule.eps, "seq_len": data.train.shape[1],
+            "data": asdict(cfg.data), "data_fingerprint": data.fingerprint, "teacher": str(cfg.teacher.path)}
+    ema = SubmoduleEMA("student", cfg.optim.ema) if cfg.optim.ema > 0 else None
+    rounds = RoundCallback(cfg, data, original, meta, ema)
+    total = cfg.rounds.count * cfg.rounds.steps_per_round
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step-{step}", save_top_k=0,
+                                 save_last=True, every_n_train_steps=min(cfg.trainer.checkpoint_every,
+                                                                         cfg.rounds.steps_per_round))
+    trainer = L.Trainer(
+        max_steps=total,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        limit_val_batches=0,
+        log_every_n_steps=cfg.trainer.log_every,
+        enable_progress_bar=cfg.trainer.progress,
+        enable_model_summary=False,
+        logger=make_loggers(cfg.logger, out_dir, "distill", cfg),
+        callbacks=[*([ema] if ema else []), rounds, checkpoint, *(callbacks or [])],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out_dir),
+    )
+    loader = make_loader(train_tokens, cfg.trainer.batch_size, shuffle=True, seed=cfg.trainer.seed,
+                         num_workers=cfg.trainer.num_workers)
+    start = time.perf_counter()
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen teacher, on purpose
+    trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    elapsed = time.perf_counter() - start
+    finish_loggers(trainer)
+    return DistillResult(out_dir=out_dir, model_dir=out_dir / "model", rounds=rounds.history,
+                         train_seconds=elapsed, steps=trainer.global_step)

@@ -1,0 +1,116 @@
+"""The distillation LightningModule: a thin composition of targets, divergences and the teacher.
+
+The teacher is an explicit, frozen dependency: built once by the runner, kept in eval mode under
+no-grad, excluded from the optimiser, from the student's EMA and from checkpoints (on resume it is
+rebuilt from the last finished round's model directory). Round changes happen in `RoundCallback`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+from fewstep.distill.config import LossConfig, OptimConfig, RoundsConfig, TrajectoryConfig
+from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.diffusion import NoiseSchedule, forward_process
+from fewstep.distill.losses import divergence
+from fewstep.distill.targets import ancestral_reveal, sdtt_target, student_times
+from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
+from fewstep.distill.trajectory import trajectory_loss
+
+__all__ = ["DistillModule"]
+
+
+class DistillModule(L.LightningModule):
+    """Trains `student` to do in one step what `teacher` does in `rounds.k` (sdtt), or on teacher samples."""
+
+    def __init__(self, student: Denoiser, teacher: Denoiser, schedule: NoiseSchedule, method: str,
+                 loss: LossConfig, rounds: RoundsConfig, optim: OptimConfig, trajectory: TrajectoryConfig,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self._freeze_teacher()
+        self.schedule = schedule
+        self.method = method
+        self.loss_cfg = loss
+        self.rounds = rounds
+        self.optim = optim
+        self.trajectory = trajectory
+        self.seed = seed
+        self.strict_loading = False  # checkpoints hold the student only
+        self.mask_id = student.mask_id
+
+    # ------------------------------------------------------------------ the teacher
+    def _freeze_teacher(self) -> None:
+        self.teacher.eval()
+        self.teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        self.teacher.eval()  # Lightning switches every submodule to train mode; the teacher stays frozen
+        return self
+
+    def set_teacher(self, weights: dict[str, torch.Tensor]) -> None:
+        """Make `weights` (a student state dict, e.g. its EMA) the teacher for the next round."""
+        if set(weights) != set(self.teacher.state_dict()):  # a smaller student: the teacher takes its shape
+            self.teacher = copy.deepcopy(self.student)
+        self.teacher.load_state_dict(weights)
+        self._freeze_teacher()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    # ------------------------------------------------------------------ rounds
+    @property
+    def round_index(self) -> int:
+        return min(self.global_step // self.rounds.steps_per_round, self.rounds.count - 1)
+
+    @property
+    def student_steps(self) -> int:
+        return self.rounds.steps_for(self.round_index)
+
+    # ------------------------------------------------------------------ training
+    def _generator(self) -> torch.Generator:
+        # a stream per optimiser step: a resumed run draws the same noise as an uninterrupted one
+        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
+
+    def sdtt_loss(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        steps, k = self.student_steps, self.rounds.k
+        t = student_times(x0.shape[0], steps, generator=generator, device=x0.device)
+        z = forward_process(x0, t, self.schedule, self.mask_id, generator=generator)
+        target = sdtt_target(self.teacher, z, t, dt=1.0 / (k * steps), k=k, mask_id=self.mask_id,
+                             reveal=ancestral_reveal(self.schedule), generator=generator)
+        logits = self.student(z, t.float())
+        masked = z == self.mask_id
+        dtype = torch.float64 if self.loss_cfg.dtype == "float64" else torch.float32
+        return divergence(self.loss_cfg.divergence, target[masked], logits[masked], dtype)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        generator = self._generator()
+        if self.method == "sdtt":
+            loss = self.sdtt_loss(batch, generator)
+            parts = {}
+        else:
+            loss, parts = trajectory_loss(self.student, batch, self.schedule, self.mask_id,
+                                          self.trajectory.entropy_weight, generator)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the distillation loss is {loss.item()} at step {self.global_step}; the last good checkpoint is "
+                "kept. Lower optim.lr, use loss.dtype=float64, or keep optim.grad_clip on."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/student_steps", float(self.student_steps))
+        for name, value in parts.items():
+            self.log(f"train/{name}", value)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.optim.lr, betas=tuple(self.optim.betas),
+                                      weight_decay=self.optim.weight_decay)
+        total = self.rounds.count * self.rounds.steps_per_round
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.optim.warmup_steps, total, self.optim.decay, self.optim.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

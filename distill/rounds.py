@@ -1,0 +1,116 @@
+"""Round boundaries: export the round's student, validate it, and hand the teacher role over.
+
+A callback, not `sys.exit`: at the end of round r (every `rounds.steps_per_round` optimiser steps)
+the student (or its EMA) is written to `out_dir/round_<r>/model/`, validated against its teacher
+at k times as many steps and against the undistilled teacher at the same count, and becomes the
+teacher of round r + 1. After the last round it is also written to `out_dir/model/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from fewstep.distill.config import DistillRunConfig
+from fewstep.distill.data import TokenData
+from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.ema import SubmoduleEMA
+from fewstep.distill.io import atomic_write_text
+from fewstep.distill.model_dir import load_model_dir, save_model_dir
+from fewstep.distill.quality import sample_quality
+from fewstep.samplers.ancestral import ancestral_sample
+
+__all__ = ["RoundCallback", "round_dir"]
+
+
+def round_dir(out_dir: Path, index: int) -> Path:
+    return Path(out_dir) / f"round_{index}" / "model"
+
+
+class RoundCallback(L.Callback):
+    def __init__(self, cfg: DistillRunConfig, data: TokenData, original: Denoiser, meta: dict[str, Any],
+                 ema: SubmoduleEMA | None) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.data = data
+        self.original = original  # the undistilled teacher, for comparison
+        self.meta = meta
+        self.ema = ema
+        self.history: list[dict[str, Any]] = []
+        history = self.out_dir / "rounds.json"
+        if history.exists():
+            self.history = json.loads(history.read_text())
+
+    # -------------------------------------------------------------- resume
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """On resume, rebuild the teacher of the current round from the last finished round."""
+        spr = self.cfg.rounds.steps_per_round
+        finished = trainer.global_step // spr
+        if finished == 0:
+            return
+        last = min(finished, self.cfg.rounds.count) - 1
+        if not round_dir(self.out_dir, last).exists():  # stopped between the checkpoint and the export
+            self.finish_round(trainer, module, last)
+        elif last < self.cfg.rounds.count - 1:
+            loaded = load_model_dir(round_dir(self.out_dir, last), device=module.device)
+            module.set_teacher(loaded.denoiser.state_dict())
+
+    # -------------------------------------------------------------- boundaries
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.cfg.rounds.steps_per_round == 0:
+            self.finish_round(trainer, module, step // self.cfg.rounds.steps_per_round - 1)
+
+    def _round_weights(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
+        if self.cfg.rounds.teacher_from == "ema" and self.ema is not None:
+            return self.ema.averaged_state()
+        return module.student.state_dict()
+
+    def finish_round(self, trainer: L.Trainer, module: L.LightningModule, index: int) -> None:
+        rounds = self.cfg.rounds
+        steps = rounds.steps_for(index)
+        weights = {k: v.detach().clone() for k, v in self._round_weights(module).items()}
+        student = copy.deepcopy(module.student).cpu()
+        student.load_state_dict({k: v.cpu() for k, v in weights.items()})
+        meta = {**self.meta, "round": index, "steps": steps, "method": self.cfg.method,
+                "divergence": self.cfg.loss.divergence, "global_step": trainer.global_step}
+        save_model_dir(student, self.data.tokenizer, round_dir(self.out_dir, index), meta)
+        if self.cfg.eval.enabled:
+            record = {"round": index, "steps": steps, "global_step": trainer.global_step,
+                      **self.validate(student, module.teacher, steps, module.device)}
+            self.history = [h for h in self.history if h["round"] != index] + [record]
+            atomic_write_text(self.out_dir / "rounds.json", json.dumps(self.history, indent=2))
+            flat = {f"round/{key}": value for key, value in record.items() if isinstance(value, (int, float))}
+            for logger in trainer.loggers:
+                logger.log_metrics(flat, step=trainer.global_step)
+            print(f"\nround {index}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                   if isinstance(v, float)), flush=True)
+        if index < rounds.count - 1:
+            module.set_teacher(weights)
+            if rounds.reset_optimizer:
+                for optimizer in trainer.optimizers:
+                    optimizer.state.clear()
+        else:
+            save_model_dir(student, self.data.tokenizer, self.out_dir / "model", meta)
+
+    @torch.no_grad()
+    def validate(self, student: Denoiser, teacher: Denoiser, steps: int, device: torch.device) -> dict[str, float]:
+        """Student at its steps; its teacher at k x steps; the undistilled teacher at the same steps."""
+        cfg = self.cfg
+        seq_len = self.data.train.shape[1]
+        schedule = self.meta.get("noise_schedule", "loglinear")
+        out: dict[str, float] = {}
+        for name, model, n in (("student", student, steps), ("teacher", teacher, cfg.rounds.k * steps),
+                               ("original", self.original, steps)):
+            model = model.to(device)
+            sample = ancestral_sample(model, cfg.eval.num_samples, seq_len, n, self.data.mask_id, schedule=schedule,
+                                      seed=cfg.eval.seed, device=device)
+            quality = sample_quality(sample.tokens, self.data, self.original, schedule)
+            out.update({f"{name}_{key}": value for key, value in quality.items()})
+            out[f"{name}_steps"] = float(n)
+        student.cpu()
+        return out

@@ -1,0 +1,76 @@
+"""Trajectory distillation (after dParallel / d3LLM): learn from the teacher's own samples.
+
+The teacher samples its trajectories once (cached on disk in chunks, so an interrupted run picks up
+where it stopped). The student then learns the teacher's final tokens under complementary masks
+(every token is predicted once per pair), plus a certainty-forcing term: the entropy of the
+student's distribution at masked positions it already predicts right, so that it becomes
+confident sooner and can reveal more tokens per step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fewstep.distill.diffusion import NoiseSchedule, forward_process, sample_t
+from fewstep.distill.io import atomic_save
+from fewstep.samplers.ancestral import ancestral_sample
+from torch import nn
+
+__all__ = ["ensure_trajectories", "trajectory_loss"]
+
+
+def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, steps: int, batch_size: int,
+                        seed: int, mask_id: int, schedule: str, signature: dict[str, Any],
+                        progress: bool = True) -> torch.Tensor:
+    """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached.
+
+    `signature` identifies the teacher and settings; a cache made with another one is refused.
+    """
+    path = Path(path)
+    tokens = torch.empty(0, seq_len, dtype=torch.long)
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        saved = json.loads(cached["signature"])
+        if saved != json.loads(json.dumps(signature, default=str)):
+            raise ValueError(
+                f"{path} holds trajectories made with other settings ({saved}); delete it or use another out_dir"
+            )
+        tokens = cached["tokens"]
+    while len(tokens) < num:
+        batch = min(batch_size, num - len(tokens))
+        out = ancestral_sample(teacher, batch, seq_len, steps, mask_id, schedule=schedule,
+                               seed=seed * 1_000_003 + len(tokens))
+        tokens = torch.cat([tokens, out.tokens])
+        payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
+        atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))
+        if progress:
+            print(f"\rteacher trajectories: {len(tokens)}/{num}", end="", flush=True)
+    if progress and num:
+        print()
+    return tokens[:num]
+
+
+def trajectory_loss(student: nn.Module, x_hat: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
+                    entropy_weight: float, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy to the teacher's tokens under a mask and its complement, plus certainty forcing."""
+    t = sample_t(x_hat.shape[0], antithetic=True, generator=generator, device=x_hat.device)
+    first = forward_process(x_hat, t, schedule, mask_id, generator=generator)
+    masked_first = first == mask_id
+    second = torch.where(masked_first, x_hat, torch.full_like(x_hat, mask_id))
+    z = torch.cat([first, second])
+    target = torch.cat([x_hat, x_hat])
+    logits = student(z, torch.cat([t, 1.0 - t]).float())
+    masked = z == mask_id
+    logits_m, target_m = logits[masked], target[masked]
+    ce = F.cross_entropy(logits_m, target_m)
+    log_q = F.log_softmax(logits_m.float(), dim=-1)
+    entropy = -(log_q.exp() * torch.where(torch.isfinite(log_q), log_q, 0.0)).sum(-1)
+    right = logits_m.argmax(-1) == target_m
+    certainty = (entropy * right).sum() / right.sum().clamp_min(1)
+    loss = ce + entropy_weight * certainty
+    return loss, {"ce": ce.detach(), "certainty_entropy": certainty.detach(),
+                  "accuracy": right.float().mean().detach()}

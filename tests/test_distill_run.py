@@ -1,0 +1,129 @@
+"""Real multi-round distillation runs: rounds, teacher swap, checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY, run_cli
+from fewstep.distill.config import DistillRunConfig, load_config
+from fewstep.distill.distill_run import run_distill
+from fewstep.distill.model_dir import load_model_dir
+from fewstep.distill.runtime import RunError
+from fewstep.distill.trajectory import ensure_trajectories
+
+DATA = [o for o in TINY if o.startswith("data.")]
+
+
+def distill_overrides(teacher, out, *extra):
+    return [f"teacher.path={teacher}", f"out_dir={out}", *DATA, "rounds.start_steps=8", "rounds.count=3",
+            "rounds.steps_per_round=4", "trainer.batch_size=8", "trainer.checkpoint_every=2", "trainer.log_every=1",
+            "trainer.progress=false", "eval.num_samples=8", "logger.wandb.mode=disabled", "optim.warmup_steps=1",
+            *extra]
+
+
+class Watch(L.Callback):
+    """Record the first teacher weight and the optimiser's parameter count at every step."""
+
+    def __init__(self):
+        self.teacher_at = {}
+        self.optimised = None
+
+    def on_train_batch_start(self, trainer, module, *args):
+        self.teacher_at[trainer.global_step] = module.teacher.backbone.model.embeddings.tok_embeddings.weight.clone()
+        self.optimised = sum(p.numel() for g in trainer.optimizers[0].param_groups for p in g["params"])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Crash("simulated crash")
+
+
+def test_rounds_halve_swap_the_teacher_and_checkpoint(tiny_teacher, tmp_path):
+    out = tmp_path / "d"
+    cfg = load_config(DistillRunConfig, None, distill_overrides(tiny_teacher, out))
+    watch = Watch()
+    result = run_distill(cfg, callbacks=[watch])
+    assert result.steps == 12
+    history = json.loads((out / "rounds.json").read_text())
+    assert [h["student_steps"] for h in history] == [8, 4, 2]
+    assert [h["teacher_steps"] for h in history] == [16, 8, 4]
+    assert [h["original_steps"] for h in history] == [8, 4, 2]
+    for r, steps in enumerate([8, 4, 2]):
+        meta = load_model_dir(out / f"round_{r}" / "model").meta
+        assert (meta["round"], meta["steps"], meta["divergence"]) == (r, steps, "kl_bwd")
+    assert load_model_dir(out / "model").meta["round"] == 2
+    # the teacher of round r+1 is round r's student (its EMA); before that, the original teacher
+    original = load_model_dir(tiny_teacher).denoiser.backbone.model.embeddings.tok_embeddings.weight
+    assert torch.equal(watch.teacher_at[0], original) and torch.equal(watch.teacher_at[3], original)
+    for r in (0, 1):
+        exported = load_model_dir(out / f"round_{r}" / "model").denoiser.backbone.model.embeddings.tok_embeddings
+        assert torch.equal(watch.teacher_at[4 * (r + 1)], exported.weight)
+    # only the student is optimised and checkpointed
+    student = load_model_dir(out / "model").denoiser
+    assert watch.optimised == sum(p.numel() for p in student.parameters())
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and not any(k.startswith("teacher.") for k in state)
+
+
+def test_stopped_mid_round_resumes_to_the_same_end(tiny_teacher, tmp_path):
+    out = tmp_path / "d"
+    cfg = load_config(DistillRunConfig, None, distill_overrides(tiny_teacher, out, "eval.enabled=false"))
+    with pytest.raises(Crash):
+        run_distill(cfg, callbacks=[CrashAt(7)])
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert (out / "round_0" / "model").exists() and not (out / "round_1" / "model").exists()
+    with pytest.raises(RunError, match="--resume"):
+        run_distill(cfg)
+    watch = Watch()
+    result = run_distill(cfg, resume=True, callbacks=[watch])
+    assert result.steps == 12 and min(watch.teacher_at) == 6
+    round0 = load_model_dir(out / "round_0" / "model").denoiser.backbone.model.embeddings.tok_embeddings.weight
+    assert torch.equal(watch.teacher_at[6], round0)  # the resumed round's teacher was rebuilt from round 0
+    assert load_model_dir(out / "model").meta["round"] == 2
+
+
+def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):
+    out = tmp_path / "t"
+    cfg = load_config(DistillRunConfig, None, distill_overrides(
+        tiny_teacher, out, "method=trajectory", "rounds.count=1", "trajectory.num_trajectories=24",
+        "trajectory.batch_size=16", "trajectory.teacher_steps=8"))
+    result = run_distill(cfg)
+    assert result.steps == 4 and (out / "model" / "model.safetensors").is_file()
+    cached = torch.load(out / "trajectories.pt", weights_only=True)["tokens"]
+    assert cached.shape == (24, 16) and (cached < 8).all()
+    teacher = load_model_dir(tiny_teacher).denoiser
+    signature = json.loads(torch.load(out / "trajectories.pt", weights_only=True)["signature"])
+    more = ensure_trajectories(teacher, out / "trajectories.pt", 40, 16, 8, 16, 0, 8, "loglinear", signature,
+                               progress=False)
+    assert torch.equal(more[:24], cached) and more.shape == (40, 16)  # only the remainder was generated
+    with pytest.raises(ValueError, match="other settings"):
+        ensure_trajectories(teacher, out / "trajectories.pt", 40, 16, 4, 16, 0, 8, "loglinear",
+                            {**signature, "steps": 4}, progress=False)
+
+
+def _fails(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "Traceback" not in result.stderr
+    for word in words:
+        assert word in last, last
+
+
+def test_bad_input(tiny_teacher, tmp_path):
+    args = distill_overrides(tiny_teacher, tmp_path / "o")
+    _fails(run_cli("distill", "distill/markov", *args, "data.markov.num_states=10"), "does not fit")
+    _fails(run_cli("distill", "distill/markov", *args, f"teacher.path={tmp_path / 'none'}"), "does not exist")
+    _fails(run_cli("distill", "distill/markov", *args, "rounds.start_steps=6"), "not divisible")
+    _fails(run_cli("distill", "distill/markov", *args, "loss.divergence=kl"), "kl_bwd")
+    assert not (tmp_path / "o" / "checkpoints").exists()
