@@ -6,3 +6,10 @@ modules, export), `fewstep.samplers` (samplers and unmasking schedules) and `few
 """
 
 __version__ = "0.1.0"
+
+
+def load(path, device="cpu"):
+    """Load an export (or any fewstep model directory) for generation: `fewstep.load(d).generate(4)`."""
+    from fewstep.distill.export import load as _load
+
+    return _load(path, device=device)

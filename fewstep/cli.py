@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
     distill.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
+    evaluator = commands.add_parser(
+        "evaluator", help="train the reference autoregressive model (GPT-2 config) for generative NLL",
+        description="Train a small GPT-2-config causal LM on a data source. It judges samples (generative NLL "
+                    "and perplexity) and, decoding with a KV cache, is the autoregressive speed baseline. out_dir "
+                    "receives config.yaml, checkpoints/, summary.json and model/ (a Hugging Face causal LM).",
+    )
+    evaluator.add_argument("config", metavar="CONFIG", help=CONFIG_HELP + " (e.g. evaluator/markov)")
+    evaluator.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    evaluator.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/last.ckpt")
+
     sample = commands.add_parser(
         "sample", help="draw samples from a model directory",
         description="Draw samples with the ancestral sampler (float64 Gumbel noise) and write one JSON object "
@@ -75,6 +85,49 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64)")
     sample.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     sample.add_argument("--out", default="-", help="output JSONL file, or - for standard output (default)")
+
+    bench = commands.add_parser(
+        "bench", help="sweep models x samplers x step counts: tradeoff.json, pareto.png, a W&B run",
+        description="Measure every model x sampler x step count side by side (and the autoregressive baseline "
+                    "when an evaluator is given): NFE, tokens/s, latency, quality with entropy beside it. out_dir "
+                    "receives tradeoff.json, pareto.png and wandb/ (offline unless WANDB_MODE says otherwise).",
+    )
+    bench.add_argument("config", metavar="CONFIG", help=CONFIG_HELP + " (e.g. a YAML with models: [{name, path}])")
+    bench.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+
+    tune = commands.add_parser(
+        "tune", help="pick the smallest step count meeting a quality target; write it into an export",
+        description="Read a tradeoff.json and choose the row with the fewest steps whose quality is at most "
+                    "RATIO x the reference's and whose entropy is at least --min-entropy x the reference's. With "
+                    "--export, the choice becomes that directory's generation defaults.",
+    )
+    tune.add_argument("tradeoff", metavar="TRADEOFF_JSON", help="a tradeoff.json written by `fewstep bench`")
+    tune.add_argument("--target", required=True, metavar="METRIC:RATIO",
+                      help="e.g. gen_nll:1.05 or exact_nll:1.05 (lower-is-better metric, at most RATIO x reference)")
+    tune.add_argument("--reference", required=True, metavar="MODEL@STEPS", help="the reference row, e.g. teacher@128")
+    tune.add_argument("--min-entropy", type=float, default=0.95,
+                      help="entropy at least this fraction of the reference's (default 0.95)")
+    tune.add_argument("--export", metavar="DIR", default=None,
+                      help="write the chosen step count, sampler and schedule into this export directory")
+
+    export = commands.add_parser(
+        "export", help="write a deployable model directory from a checkpoint or model directory",
+        description="Convert a Lightning checkpoint (teacher or distillation run) or a model directory into a "
+                    "directory Hugging Face users recognise: config.json, model.safetensors (with fewstep "
+                    "metadata), tokenizer files, fewstep.json and fewstep_generation.json (generation defaults).",
+    )
+    export.add_argument("source", metavar="CKPT", help="a .ckpt file, a model directory or a run's out_dir")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="the export directory (replaced atomically)")
+    export.add_argument("--steps", type=int, default=None, help="default step count for generation")
+
+    generate = commands.add_parser(
+        "generate", help="generate text from an export with its tuned defaults",
+        description="Load an export (fewstep.load) and print samples, one per line as JSON (text, tokens).",
+    )
+    generate.add_argument("model_dir", metavar="OUT_DIR", help="an export or model directory")
+    generate.add_argument("--num-samples", type=int, default=4, help="how many samples (default 4)")
+    generate.add_argument("--steps", type=int, default=None, help="override the export's step count")
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     quick = commands.add_parser(
         "quickstart", help="run the pipeline on the embedded default (markov) and print a results table",
@@ -123,6 +176,16 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluator(args: argparse.Namespace) -> int:
+    from fewstep.distill.config import load_config
+    from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
+
+    summary = train_evaluator(load_config(EvaluatorRunConfig, args.config, args.overrides), resume=args.resume)
+    print(f"\nevaluator: {summary['parameters']:,} parameters, {summary['steps']} steps, validation NLL "
+          f"{summary['val_nll']:.4f} nats/token; model directory: {summary['model_dir']}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.distill.io import atomic_write_text
     from fewstep.distill.quality import sample_records
@@ -136,6 +199,69 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         atomic_write_text(Path(args.out), lines)
         print(f"wrote {len(records)} samples to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from fewstep.distill.bench import BenchRunConfig, run_bench, summary_rows
+    from fewstep.distill.config import load_config
+    from fewstep.pipeline import format_table
+
+    cfg = load_config(BenchRunConfig, args.config, args.overrides)
+    payload = run_bench(cfg)
+    rows = summary_rows(payload["rows"])
+    print(format_table(rows, list(rows[0])))
+    print(f"\nwrote {Path(cfg.out_dir) / 'tradeoff.json'} and {Path(cfg.out_dir) / 'pareto.png'} "
+          f"(device: {payload['device']})")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fewstep.distill.config import ConfigError
+    from fewstep.distill.tune import Target, load_tradeoff, tune
+
+    try:
+        metric, ratio = args.target.split(":")
+        model, steps = args.reference.rsplit("@", 1)
+        target = Target(metric, model, int(steps), float(ratio), args.min_entropy)
+    except ValueError as error:
+        raise ConfigError("--target must look like METRIC:RATIO (gen_nll:1.05) and --reference like MODEL@STEPS "
+                          "(teacher@128)") from error
+    chosen, ref = tune(load_tradeoff(args.tradeoff)["rows"], target)
+    print(f"reference {ref['model']} @ {ref['steps']} steps: {metric} {ref['quality'][metric]:.4f}, "
+          f"entropy {ref['quality']['entropy']:.4f}")
+    print(f"chosen    {chosen['model']} ({chosen['sampler']}, {chosen['schedule']}) @ {chosen['steps']} steps: "
+          f"{metric} {chosen['quality'][metric]:.4f}, entropy {chosen['quality']['entropy']:.4f}, "
+          f"{chosen['tokens_per_s']:.0f} tokens/s ({chosen['tokens_per_s'] / ref['tokens_per_s']:.2f}x the reference)")
+    if args.export:
+        from fewstep.distill.export import GENERATION_FILE
+        from fewstep.distill.io import atomic_write_text
+        from fewstep.distill.model_dir import resolve_model_dir
+
+        directory = resolve_model_dir(args.export)
+        settings = {"steps": chosen["steps"], "sampler": chosen["sampler"], "schedule": chosen["schedule"],
+                    "temperature": 1.0, "tuned": {"target": args.target, "reference": args.reference,
+                                                  "min_entropy": args.min_entropy, "row": chosen}}
+        atomic_write_text(directory / GENERATION_FILE, json.dumps(settings, indent=2))
+        print(f"wrote {directory / GENERATION_FILE}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fewstep.distill.export import export_model
+
+    out = export_model(args.source, args.out_dir, {"steps": args.steps} if args.steps else None)
+    print(f"exported to {out}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import fewstep
+
+    pipeline = fewstep.load(args.model_dir)
+    result = pipeline.generate(num_samples=args.num_samples, steps=args.steps, seed=args.seed)
+    for text, tokens in zip(result["texts"], result["tokens"].tolist()):
+        print(json.dumps({"text": text, "tokens": tokens, "steps": result["steps"]}))
     return 0
 
 
@@ -154,7 +280,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"teacher": _cmd_teacher, "distill": _cmd_distill, "sample": _cmd_sample, "quickstart": _cmd_quickstart}
+_COMMANDS = {"teacher": _cmd_teacher, "distill": _cmd_distill, "evaluator": _cmd_evaluator,
+             "bench": _cmd_bench, "tune": _cmd_tune, "export": _cmd_export, "generate": _cmd_generate, "sample": _cmd_sample, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

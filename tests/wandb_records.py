@@ -42,3 +42,17 @@ def history_keys(path: Path) -> set[str]:
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
+
+
+def chart_specs(path: Path) -> dict[str, str]:
+    """Custom charts (e.g. wandb.plot.line) by key -> their panel definition id."""
+    import json
+
+    charts = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                keys = list(item.nested_key)
+                if keys[:2] == ["_wandb", "visualize"]:
+                    charts[keys[2]] = json.loads(item.value_json)["panel_config"]["panelDefId"]
+    return charts

@@ -1,0 +1,115 @@
+"""Distillation benchmark: each round's student against its teacher and the undistilled teacher.
+
+    python benchmarks/bench_distill.py --teacher runs/teacher-markov --out runs/bench-distill \
+        --variants sdtt:kl_bwd,sdtt:kl_fwd,trajectory:kl_bwd [key=value ...]
+
+For every variant (method:divergence) it runs `fewstep distill` (configs/distill/<source>.yaml plus
+the overrides; a finished variant is reused), then samples with float64 Gumbel noise over several
+seeds: the teacher at `--teacher-steps` (e.g. 1024 and 128), the undistilled teacher and each
+round's student at the rounds' step counts. Reports mean and standard deviation over seeds of the
+exact NLL per token, invalid-transition rate and unigram entropy (markov) or the teacher's NELBO of
+the samples and entropy (corpora). Writes `<out>/bench.json` and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from fewstep.distill.config import DistillRunConfig, load_config
+from fewstep.distill.data import build_data
+from fewstep.distill.distill_run import run_distill
+from fewstep.distill.model_dir import load_model_dir
+from fewstep.distill.quality import sample_quality
+from fewstep.samplers.ancestral import ancestral_sample
+
+from fewstep.pipeline import format_table
+
+
+def evaluate(model, label: str, steps: int, data, reference, seeds: list[int], num_samples: int,
+             schedule: str) -> dict:
+    runs = []
+    for seed in seeds:
+        out = ancestral_sample(model, num_samples, data.train.shape[1], steps, data.mask_id, schedule=schedule,
+                               seed=1000 + seed, device="cpu")
+        runs.append({**sample_quality(out.tokens, data, reference, schedule),
+                     "tokens_per_s": out.tokens.numel() / out.wall_time})
+    row = {"model": label, "steps": steps}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        row[key] = statistics.fmean(values)
+        row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return row
+
+
+def fmt(row: dict, key: str) -> str:
+    return f"{row[key]:.4f} ± {row[key + '_sd']:.4f}" if key in row else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every distillation run")
+    parser.add_argument("--teacher", required=True, help="teacher run out_dir or model directory")
+    parser.add_argument("--out", required=True, help="benchmark directory (finished variants are reused)")
+    parser.add_argument("--config", default=None, help="distill config (default distill/<data source>)")
+    parser.add_argument("--variants", default="sdtt:kl_bwd,sdtt:kl_fwd,trajectory:kl_bwd")
+    parser.add_argument("--teacher-steps", default="1024,128", help="teacher reference step counts")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--num-samples", type=int, default=64)
+    args = parser.parse_intermixed_args()
+
+    teacher = load_model_dir(args.teacher)
+    source = teacher.meta["data"]["source"]
+    config = args.config or f"distill/{source}"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+              "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(), "variants": {}}
+
+    first_cfg = None
+    for variant in args.variants.split(","):
+        method, divergence = variant.split(":")
+        cfg = load_config(DistillRunConfig, config, [*args.overrides, f"teacher.path={args.teacher}",
+                                                     f"method={method}", f"loss.divergence={divergence}",
+                                                     f"out_dir={out / variant.replace(':', '-')}"])
+        first_cfg = first_cfg or cfg
+        start = time.perf_counter()
+        if not (Path(cfg.out_dir) / "model" / "fewstep.json").exists():
+            resume = (Path(cfg.out_dir) / "checkpoints" / "last.ckpt").exists()
+            run_distill(cfg, resume=resume)
+        report["variants"][variant] = {"config": cfg.out_dir, "distill_seconds": time.perf_counter() - start}
+
+    data = build_data(first_cfg.data)
+    schedule = teacher.meta.get("noise_schedule", "loglinear")
+    reference = teacher.denoiser
+    rows = [evaluate(teacher.denoiser, "teacher", n, data, reference, seeds, args.num_samples, schedule)
+            for n in (int(s) for s in args.teacher_steps.split(","))]
+    round_steps = [first_cfg.rounds.steps_for(r) for r in range(first_cfg.rounds.count)]
+    rows += [evaluate(teacher.denoiser, "undistilled teacher", n, data, reference, seeds, args.num_samples, schedule)
+             for n in round_steps]
+    for variant, info in report["variants"].items():
+        for r, n in enumerate(round_steps):
+            student = load_model_dir(Path(info["config"]) / f"round_{r}" / "model").denoiser
+            rows.append(evaluate(student, f"{variant} round {r}", n, data, reference, seeds, args.num_samples,
+                                 schedule))
+    report["rows"] = rows
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+
+    metric = "exact_nll" if data.task is not None else "teacher_nelbo"
+    extra = ["invalid_rate"] if data.task is not None else []
+    table = [{"model": r["model"], "steps": r["steps"], **{k: fmt(r, k) for k in [metric, *extra, "entropy"]},
+              "tokens_per_s": f"{r['tokens_per_s']:.0f}"} for r in rows]
+    print(format_table(table, ["model", "steps", metric, *extra, "entropy", "tokens_per_s"]))
+    print(f"\nmean ± sd over seeds {seeds}, {args.num_samples} samples each; machine: {report['machine']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

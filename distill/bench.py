@@ -1,0 +1,175 @@
+"""`fewstep bench`: sweep models x samplers x step counts; write tradeoff.json, pareto.png and a W&B run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fewstep.distill.config import ConfigError, DataConfig, LoggerConfig, MarkovConfig, save_config
+from fewstep.distill.data import build_data
+from fewstep.distill.model_dir import load_model_dir
+from fewstep.distill.runtime import RunError, wandb_mode
+from fewstep.distill.tradeoff import (
+    Candidate,
+    SampleFn,
+    ar_row,
+    log_wandb,
+    measure,
+    pareto_front,
+    plot_pareto,
+    quality_key,
+    write_tradeoff,
+)
+
+__all__ = ["BenchModel", "BenchRunConfig", "run_bench", "sampler_fn", "device_name", "summary_rows"]
+
+
+@dataclass
+class BenchModel:
+    name: str = "model"
+    path: str = "???"
+
+
+@dataclass
+class BenchRunConfig:
+    """What to sweep. Every model must share the first model's data (checked by fingerprint)."""
+
+    out_dir: str = "runs/bench"
+    models: list[BenchModel] = field(default_factory=list)
+    evaluator: str | None = None  # causal LM directory: generative NLL and the autoregressive baseline
+    samplers: list[str] = field(default_factory=lambda: ["ancestral"])
+    steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    num_samples: int = 64
+    repeats: int = 3  # timing is the median over repeats
+    seed: int = 0
+    device: str = "auto"
+    export: str | None = None  # a model directory to attach to the W&B run as an artifact
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        if any(s < 1 for s in self.steps):
+            raise ConfigError("steps must all be at least 1")
+        if self.num_samples < 1 or self.repeats < 1:
+            raise ConfigError("num_samples and repeats must be at least 1")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear") -> tuple[SampleFn, str]:
+    """A sampler by name: `ancestral` (the MDLM reference) or a preset from fewstep.samplers."""
+    from fewstep.samplers.ancestral import ancestral_sample
+
+    if name == "ancestral":
+        def sample(model, num, seq_len, steps, seed):
+            out = ancestral_sample(model, num, seq_len, steps, model.mask_id, schedule=schedule, seed=seed,
+                                   device=device)
+            return out.tokens, out.nfe_per_sequence, out.wall_time
+
+        return sample, schedule
+    try:
+        from fewstep.samplers.presets import bench_sampler
+    except ImportError as error:
+        raise ConfigError(f"unknown sampler {name!r}; available: ancestral") from error
+    return bench_sampler(name, device, schedule)
+
+
+def _data_for(meta: dict[str, Any]):
+    data_cfg = dict(meta["data"])
+    data_cfg["markov"] = MarkovConfig(**data_cfg.get("markov", {}))
+    return build_data(DataConfig(**data_cfg))
+
+
+def _task_key(model: Any) -> tuple:
+    """What must agree for two models to be compared: data source, sequence length, vocabulary."""
+    data = model.meta["data"]
+    source = data["markov"] if data["source"] == "markov" else (data.get("path"), data.get("tokenizer"))
+    return (data["source"], str(source), model.meta.get("seq_len"), model.denoiser.vocab_size,
+            model.denoiser.mask_id)
+
+
+def run_bench(cfg: BenchRunConfig, progress: bool = True) -> dict[str, Any]:
+    """Measure every combination side by side; returns the tradeoff payload."""
+    if not cfg.models:
+        raise ConfigError("bench needs at least one model: models=[{name: teacher, path: runs/teacher}] in the YAML")
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    loaded = {m.name: load_model_dir(m.path, device=device) for m in cfg.models}
+    first = next(iter(loaded.values()))
+    data = _data_for(first.meta)
+    for name, model in loaded.items():
+        if _task_key(model) != _task_key(first):
+            raise RunError(f"model {name!r} is for another task than {cfg.models[0].name!r} "
+                           f"({_task_key(model)} != {_task_key(first)}); bench models of one task together")
+    evaluator = None
+    if cfg.evaluator:
+        from fewstep.distill.evaluator import load_evaluator
+
+        evaluator = load_evaluator(cfg.evaluator, device=device)
+    candidates = []
+    for name, model in loaded.items():
+        for sampler in cfg.samplers:
+            fn, schedule = sampler_fn(sampler, device, model.meta.get("noise_schedule", "loglinear"))
+            candidates.append(Candidate(name, model.denoiser, sampler, schedule, fn))
+    jobs = [(c, n) for c in candidates for n in cfg.steps]
+    from tqdm.auto import tqdm
+
+    rows = []
+    bar = tqdm(total=len(jobs) + (1 if evaluator else 0), desc="trade-off sweep", disable=not progress)
+    for candidate, steps in jobs:
+        bar.set_postfix_str(f"{candidate.model_name} {candidate.sampler} {steps} steps")
+        rows.append(measure(candidate, steps, data, cfg.num_samples, cfg.seed, evaluator, str(device), cfg.repeats))
+        bar.update()
+    if evaluator is not None:
+        bar.set_postfix_str("autoregressive baseline")
+        rows.append(ar_row(evaluator, data, cfg.num_samples, cfg.seed, cfg.repeats))
+        bar.update()
+    bar.close()
+
+    task = first.meta["data"]["source"]
+    write_tradeoff(out_dir / "tradeoff.json", task, device_name(device), rows)
+    png = plot_pareto(rows, out_dir / "pareto.png", title=f"{task}: speed / quality")
+    mode = wandb_mode(cfg.logger)
+    if mode != "disabled":
+        import wandb
+
+        run = wandb.init(project=cfg.logger.wandb.project, name=cfg.logger.wandb.name or f"bench-{task}",
+                         dir=str(out_dir), mode=mode, config={"task": task, "device": device_name(device)})
+        try:
+            log_wandb(rows, png, run, artifact_dir=Path(cfg.export) if cfg.export else None)
+        finally:
+            run.finish()
+    return {"task": task, "device": device_name(device), "rows": rows}
+
+
+def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> list[dict[str, Any]]:
+    """Flat rows for a printed table, with speed-ups over the slowest teacher row and the AR baseline."""
+    key = quality_key(rows)
+    ar = next((r for r in rows if r["model"] == "autoregressive"), None)
+    teacher_rows = [r for r in rows if r["model"] == (reference or rows[0]["model"])]
+    slowest = min(teacher_rows, key=lambda r: r["tokens_per_s"]) if teacher_rows else None
+    front = set(pareto_front(rows, key))
+    out = []
+    for i, r in enumerate(rows):
+        row = {"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"],
+               key: r["quality"][key], "entropy": r["quality"]["entropy"], "tokens_per_s": r["tokens_per_s"]}
+        for extra in ("invalid_rate", "python_lines_ok"):
+            if extra in r["quality"]:
+                row[extra] = r["quality"][extra]
+        if slowest is not None:
+            row["x_teacher"] = r["tokens_per_s"] / slowest["tokens_per_s"]
+        if ar is not None:
+            row["x_ar"] = r["tokens_per_s"] / ar["tokens_per_s"]
+        row["pareto"] = "*" if i in front else ""
+        out.append(row)
+    return out

@@ -1,0 +1,215 @@
+"""The reference autoregressive model: generative NLL of samples, and the AR speed baseline.
+
+Any Hugging Face causal LM serves as the judge (by path or id); the embedded one is a small
+GPT-2-config model trained on the same corpus by `fewstep evaluator CONFIG`. The same architecture,
+decoding with a KV cache, is the autoregressive baseline that diffusion students must beat on speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from fewstep.distill.config import DataConfig, LoggerConfig, OptimConfig, TrainerConfig, save_config
+from fewstep.distill.data import build_data, make_loader
+from fewstep.distill.denoiser import ModelError
+from fewstep.distill.io import atomic_replace_dir, atomic_write_text
+from fewstep.distill.runtime import (
+    AtomicCheckpointIO,
+    finish_loggers,
+    make_loggers,
+    prepare_out_dir,
+    resolve_precision,
+)
+from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
+from fewstep.samplers.ancestral import gumbel_argmax
+
+__all__ = ["EvaluatorModelConfig", "EvaluatorRunConfig", "ARModule", "train_evaluator", "load_evaluator",
+           "generative_nll", "ar_sample"]
+
+
+@dataclass
+class EvaluatorModelConfig:
+    """A GPT-2-config causal LM; by default the same width and depth as the default denoiser."""
+
+    pretrained: str | None = None  # any causal LM (local path or hub id) instead of training one
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 256
+
+
+@dataclass
+class EvaluatorRunConfig:
+    """`fewstep evaluator`: train the reference autoregressive model on a data source."""
+
+    out_dir: str = "runs/evaluator"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: EvaluatorModelConfig = field(default_factory=EvaluatorModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=100, ema=0.0))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=1500, val_every=250))
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _gpt2(cfg: EvaluatorModelConfig, vocab_size: int, seq_len: int, bos: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len + 1, n_embd=cfg.hidden_size,
+                        n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
+                        bos_token_id=bos, eos_token_id=bos, pad_token_id=bos,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config)
+
+
+class ARModule(L.LightningModule):
+    """Next-token cross-entropy; every sequence is prefixed with a start token (the mask id)."""
+
+    def __init__(self, model: torch.nn.Module, start_id: int, optim: OptimConfig, max_steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.start_id = start_id
+        self.optim = optim
+        self.max_steps = max_steps
+
+    def nll(self, tokens: torch.Tensor) -> torch.Tensor:
+        inputs = F.pad(tokens, (1, 0), value=self.start_id)[:, :-1]
+        logits = self.model(input_ids=inputs).logits
+        return F.cross_entropy(logits.transpose(1, 2).float(), tokens)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.nll(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the evaluator's loss is {loss.item()} at step {self.global_step}")
+        self.log("train/nll", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/nll", self.nll(batch), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.optim.lr, betas=tuple(self.optim.betas),
+                                      weight_decay=self.optim.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+            self.optim.warmup_steps, self.max_steps, self.optim.decay, self.optim.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def train_evaluator(cfg: EvaluatorRunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train the GPT-2-config evaluator; writes `out_dir/model/` (a Hugging Face causal LM + tokenizer)."""
+    out_dir = Path(cfg.out_dir)
+    ckpt = prepare_out_dir(out_dir, cfg, resume, sections=("data", "model"))
+    L.seed_everything(cfg.trainer.seed, verbose=False)
+    data = build_data(cfg.data, out_dir)
+    save_config(cfg, out_dir / "config.yaml")
+    model = _gpt2(cfg.model, len(data.tokenizer), data.train.shape[1], data.mask_id)
+    module = ARModule(model, data.mask_id, cfg.optim, cfg.trainer.max_steps)
+    trainer = L.Trainer(
+        max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        gradient_clip_val=cfg.optim.grad_clip or None, val_check_interval=min(cfg.trainer.val_every,
+                                                                              cfg.trainer.max_steps),
+        check_val_every_n_epoch=None, limit_val_batches=cfg.trainer.val_batches,
+        log_every_n_steps=cfg.trainer.log_every, enable_progress_bar=cfg.trainer.progress,
+        enable_model_summary=False, num_sanity_val_steps=0, logger=make_loggers(cfg.logger, out_dir, "evaluator", cfg),
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
+                                                       save_top_k=0, enable_version_counter=False)],
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(out_dir),
+    )
+    start = time.perf_counter()
+    trainer.fit(module, make_loader(data.train, cfg.trainer.batch_size, True, cfg.trainer.seed),
+                make_loader(data.val, cfg.trainer.batch_size, False), ckpt_path=str(ckpt) if ckpt else None)
+    finish_loggers(trainer)
+    val = float(trainer.callback_metrics.get("val/nll", float("nan")))
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        data.tokenizer.save_pretrained(tmp)
+        (tmp / "fewstep_evaluator.json").write_text(json.dumps(
+            {"start_id": data.mask_id, "data": asdict(cfg.data), "data_fingerprint": data.fingerprint,
+             "val_nll": val}, indent=2))
+
+    atomic_replace_dir(out_dir / "model", fill)
+    summary = {"val_nll": val, "steps": trainer.global_step, "train_seconds": time.perf_counter() - start,
+               "parameters": sum(p.numel() for p in model.parameters()), "model_dir": str(out_dir / "model")}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+@dataclass
+class Evaluator:
+    model: torch.nn.Module
+    start_id: int
+    meta: dict[str, Any]
+
+
+def load_evaluator(path: str | Path, device: str | torch.device = "cpu") -> Evaluator:
+    """A causal LM directory (trained by `fewstep evaluator`, or any Hugging Face causal LM)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if (path / "model" / "config.json").exists():
+        path = path / "model"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load the evaluator {path}: {str(error).splitlines()[0]}") from error
+    meta_file = path / "fewstep_evaluator.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    start = meta.get("start_id", model.config.bos_token_id)
+    if start is None:
+        raise ModelError(f"the evaluator {path} has no bos_token_id to start sequences with")
+    return Evaluator(model.to(device).eval(), int(start), meta)
+
+
+@torch.no_grad()
+def generative_nll(evaluator: Evaluator, tokens: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Mean NLL per token (nats) of `tokens` under the evaluator, and the perplexity exp(NLL)."""
+    device = next(evaluator.model.parameters()).device
+    vocab = evaluator.model.config.vocab_size
+    if tokens.max() >= vocab:
+        raise ModelError(f"sample ids go up to {int(tokens.max())} but the evaluator's vocabulary is {vocab}")
+    total, count = 0.0, 0
+    for chunk in tokens.split(batch_size):
+        chunk = chunk.to(device)
+        inputs = F.pad(chunk, (1, 0), value=evaluator.start_id)[:, :-1]
+        logits = evaluator.model(input_ids=inputs).logits.double()
+        total += float(F.cross_entropy(logits.transpose(1, 2), chunk, reduction="sum"))
+        count += chunk.numel()
+    nll = total / count
+    return {"gen_nll": nll, "gen_ppl": math.exp(min(nll, 50.0))}
+
+
+@torch.no_grad()
+def ar_sample(evaluator: Evaluator, num_samples: int, seq_len: int, seed: int = 0, batch_size: int | None = None,
+              exclude: int | None = None) -> tuple[torch.Tensor, float]:
+    """Decode token by token with a KV cache and float64 Gumbel noise; returns (tokens, seconds)."""
+    model = evaluator.model
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batch_size = batch_size or num_samples
+    chunks = []
+    start = time.perf_counter()
+    for first in range(0, num_samples, batch_size):
+        batch = min(batch_size, num_samples - first)
+        token = torch.full((batch, 1), evaluator.start_id, dtype=torch.long, device=device)
+        cache, out = None, []
+        for _ in range(seq_len):
+            result = model(input_ids=token, cache=cache, use_cache=True) if cache is not None else \
+                model(input_ids=token, use_cache=True)
+            cache = result.past_key_values if hasattr(result, "past_key_values") else result.cache
+            logits = result.logits[:, -1].double()
+            if exclude is not None:
+                logits[:, exclude] = -math.inf
+            token = gumbel_argmax(logits, generator).unsqueeze(1)
+            out.append(token)
+        chunks.append(torch.cat(out, dim=1))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return torch.cat(chunks).cpu(), time.perf_counter() - start

@@ -1,0 +1,59 @@
+"""`fewstep tune`: the smallest step count whose quality meets a target, from a trade-off sweep."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fewstep.distill.runtime import RunError
+
+__all__ = ["Target", "tune", "load_tradeoff"]
+
+
+@dataclass
+class Target:
+    """Quality at most `max_ratio` x the reference's, entropy at least `min_entropy_ratio` x its entropy."""
+
+    metric: str
+    reference_model: str
+    reference_steps: int
+    max_ratio: float = 1.05
+    min_entropy_ratio: float = 0.95
+
+
+def load_tradeoff(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; produce one with `fewstep bench`")
+    try:
+        payload = json.loads(path.read_text())
+        rows = payload["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise RunError(f"{path} is not a tradeoff.json written by `fewstep bench` ({error})") from error
+    if not rows:
+        raise RunError(f"{path} has no rows")
+    return payload
+
+
+def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(chosen row, reference row): the fewest steps meeting the target, ties to the faster row."""
+    reference = [r for r in rows if r["model"] == target.reference_model and r["steps"] == target.reference_steps]
+    if not reference:
+        have = sorted({f"{r['model']}@{r['steps']}" for r in rows})
+        raise RunError(f"no row for the reference {target.reference_model}@{target.reference_steps}; rows: "
+                       f"{', '.join(have)}")
+    ref = reference[0]
+    if target.metric not in ref["quality"]:
+        raise RunError(f"the rows have no quality metric {target.metric!r}; they have "
+                       f"{', '.join(sorted(ref['quality']))}")
+    bound = target.max_ratio * ref["quality"][target.metric]
+    floor = target.min_entropy_ratio * ref["quality"]["entropy"]
+    fits = [r for r in rows if r["model"] != "autoregressive" and target.metric in r["quality"]
+            and r["quality"][target.metric] <= bound and r["quality"]["entropy"] >= floor]
+    if not fits:
+        raise RunError(f"no row meets {target.metric} <= {bound:.4g} with entropy >= {floor:.4g}; relax the target "
+                       "or bench more step counts")
+    chosen = min(fits, key=lambda r: (r["steps"], -r["tokens_per_s"]))
+    return chosen, ref

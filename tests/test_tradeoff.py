@@ -1,0 +1,121 @@
+"""Trade-off sweep, W&B files read back, export/load/generate, tune, and the evaluator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench
+from fewstep.distill.denoiser import ModelError
+from fewstep.distill.export import export_model
+from fewstep.distill.runtime import RunError
+from fewstep.distill.tradeoff import pareto_front, python_lines_ok
+from fewstep.distill.tune import Target, tune
+from fewstep.samplers.ancestral import ancestral_sample
+from wandb_records import chart_specs, history_keys, read_records
+
+import fewstep
+
+
+def row(model, steps, nll, entropy, speed):
+    return {"model": model, "sampler": "ancestral", "schedule": "loglinear", "steps": steps, "nfe": float(steps),
+            "tokens_per_s": speed, "latency_ms": 1.0, "quality": {"gen_nll": nll, "entropy": entropy}}
+
+
+HAND = [row("teacher", 128, 2.00, 5.0, 10.0), row("teacher", 16, 2.40, 5.0, 80.0),
+        row("student", 8, 2.30, 4.9, 160.0),   # too far from the reference
+        row("student", 16, 2.08, 4.9, 80.0),   # meets the target
+        row("student", 32, 2.02, 5.0, 40.0),   # meets it too, but with more steps
+        row("sharp", 12, 2.01, 4.0, 100.0),    # meets quality, loses entropy
+        row("autoregressive", 64, 1.9, 5.0, 5.0)]
+
+
+def test_tune_picks_the_fewest_steps_that_meet_the_target():
+    chosen, ref = tune(HAND, Target("gen_nll", "teacher", 128, 1.05, 0.95))
+    assert (chosen["model"], chosen["steps"]) == ("student", 16) and ref["steps"] == 128
+    chosen, _ = tune(HAND, Target("gen_nll", "teacher", 128, 1.25, 0.95))
+    assert (chosen["model"], chosen["steps"]) == ("student", 8)
+    with pytest.raises(RunError, match="no row meets"):
+        tune(HAND, Target("gen_nll", "teacher", 128, 0.9, 0.95))
+    with pytest.raises(RunError, match="teacher@128"):
+        tune(HAND, Target("gen_nll", "teacher", 64))
+    with pytest.raises(RunError, match="exact_nll"):
+        tune(HAND, Target("exact_nll", "teacher", 128))
+
+
+def test_pareto_front():
+    front = {(HAND[i]["model"], HAND[i]["steps"]) for i in pareto_front(HAND, "gen_nll")}
+    # student@16 and student@32 lose to sharp@12 (faster and better); teacher@16 to student@8
+    assert front == {("student", 8), ("sharp", 12), ("teacher", 128), ("autoregressive", 64)}
+
+
+def test_python_lines_ok():
+    assert python_lines_ok(["x = (1,\nfor i in range(3):\ny = i + 1\nreturn\nif x ==\n) cut"]) == 0.75
+    assert python_lines_ok(["only one line"]) == 0.0
+
+
+def test_bench_writes_tradeoff_pareto_and_a_wandb_run(tiny_teacher, tmp_path):
+    cfg = BenchRunConfig(out_dir=str(tmp_path / "b"), models=[BenchModel("teacher", str(tiny_teacher)),
+                                                              BenchModel("again", str(tiny_teacher))],
+                         steps=[2, 8], num_samples=8, repeats=1, export=str(tiny_teacher / "model"))
+    payload = run_bench(cfg, progress=False)
+    saved = json.loads((tmp_path / "b" / "tradeoff.json").read_text())
+    assert saved["task"] == "markov" and saved["device"].startswith("cpu") and len(saved["rows"]) == 4
+    for r in saved["rows"]:
+        assert {"model", "sampler", "schedule", "steps", "nfe", "tokens_per_s", "latency_ms", "quality"} <= set(r)
+        assert {"entropy", "exact_nll", "invalid_rate"} <= set(r["quality"])
+    assert payload["rows"][0]["steps"] == 2
+    png = (tmp_path / "b" / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    run_file = next((tmp_path / "b" / "wandb").glob("offline-run-*/*.wandb"))
+    records = read_records(run_file)
+    logged = history_keys(run_file)
+    assert {"tradeoff/table/_type", "tradeoff/pareto/_type", "tradeoff/pareto/path"} <= logged
+    charts = chart_specs(run_file)
+    assert charts == {"tradeoff/teacher/exact_nll_vs_steps": "wandb/line/v0",
+                      "tradeoff/again/exact_nll_vs_steps": "wandb/line/v0"}
+    assert any(r.WhichOneof("record_type") == "artifact" for r in records)
+    media = list((tmp_path / "b" / "wandb").glob("offline-run-*/files/media/table/tradeoff/table_*.table.json"))
+    table = json.loads(media[0].read_text())
+    assert table["columns"][:4] == ["model", "sampler", "schedule", "steps"] and len(table["data"]) == 4
+
+
+def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_path):
+    out = export_model(tiny_teacher / "checkpoints" / "last.ckpt", tmp_path / "export", {"steps": 6})
+    pipeline = fewstep.load(out)
+    result = pipeline.generate(num_samples=3, seed=7)
+    assert result["steps"] == 6
+    from fewstep.distill.model_dir import load_model_dir
+
+    memory = load_model_dir(tiny_teacher).denoiser
+    expected = ancestral_sample(memory, 3, 16, 6, memory.mask_id, seed=7).tokens
+    assert torch.equal(result["tokens"], expected)
+    cli = run_cli("generate", str(out), "--num-samples", "3", "--seed", "7")
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert [json.loads(line)["tokens"] for line in cli.stdout.splitlines()] == expected.tolist()
+
+
+def test_export_refuses_bad_sources(tiny_teacher, tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        export_model(tmp_path / "missing.ckpt", tmp_path / "e")
+    junk = tmp_path / "checkpoints" / "junk.ckpt"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot find the run"):
+        export_model(junk, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+def test_tune_cli_writes_the_choice_into_the_export(tiny_teacher, tmp_path):
+    export_model(tiny_teacher, tmp_path / "export")
+    tradeoff = tmp_path / "tradeoff.json"
+    tradeoff.write_text(json.dumps({"task": "markov", "device": "cpu", "rows": HAND}))
+    result = run_cli("tune", str(tradeoff), "--target", "gen_nll:1.05", "--reference", "teacher@128",
+                     "--export", str(tmp_path / "export"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "student" in result.stdout and "16 steps" in result.stdout
+    assert fewstep.load(tmp_path / "export").generation["steps"] == 16
+    bad = run_cli("tune", str(tradeoff), "--target", "gen_nll", "--reference", "teacher@128")
+    assert bad.returncode == 2 and "METRIC:RATIO" in bad.stderr
