@@ -87,6 +87,7 @@ class RoundCallback(L.Callback):
             flat = {f"round/{key}": value for key, value in record.items() if isinstance(value, (int, float))}
             for logger in trainer.loggers:
                 logger.log_metrics(flat, step=trainer.global_step)
+            self._log_tradeoff(trainer)
             print(f"\nround {index}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                                    if isinstance(v, float)), flush=True)
         if index < rounds.count - 1:
@@ -96,6 +97,20 @@ class RoundCallback(L.Callback):
                     optimizer.state.clear()
         else:
             save_model_dir(student, self.data.tokenizer, self.out_dir / "model", meta)
+
+    def _log_tradeoff(self, trainer: L.Trainer) -> None:
+        """Every round so far as trade-off rows in a W&B Table: the students moving towards the front."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        metric = "exact_nll" if "student_exact_nll" in self.history[0] else "teacher_nelbo"
+        columns = ["round", "model", "steps", "tokens_per_s", metric, "entropy"]
+        data = [[h["round"], who, int(h[f"{who}_steps"]), h[f"{who}_tokens_per_s"], h.get(f"{who}_{metric}"),
+                 h[f"{who}_entropy"]] for h in self.history for who in ("student", "teacher", "original")]
+        for logger in loggers:
+            logger.log_table("round/tradeoff", columns=columns, data=data, step=trainer.global_step)
 
     @torch.no_grad()
     def validate(self, student: Denoiser, teacher: Denoiser, steps: int, device: torch.device) -> dict[str, float]:
@@ -112,5 +127,6 @@ class RoundCallback(L.Callback):
             quality = sample_quality(sample.tokens, self.data, self.original, schedule)
             out.update({f"{name}_{key}": value for key, value in quality.items()})
             out[f"{name}_steps"] = float(n)
+            out[f"{name}_tokens_per_s"] = sample.tokens.numel() / sample.wall_time
         student.cpu()
         return out

@@ -44,7 +44,7 @@ def _fails(result, *words):
 
 
 def test_unknown_config_key(tmp_path):
-    _fails(run_cli("teacher", "quickstart", "trainer.max_step=3", f"out_dir={tmp_path}"), "trainer.max_steps")
+    _fails(run_cli("teacher", "teacher/markov", "trainer.max_step=3", f"out_dir={tmp_path}"), "trainer.max_steps")
 
 
 def test_missing_data_path(tmp_path):
@@ -73,14 +73,14 @@ def test_missing_mask_token(tmp_path):
 
 def test_vocab_mismatch_between_model_and_tokenizer(tiny_teacher, tmp_path):
     """A pretrained model whose vocabulary is smaller than the data's tokenizer."""
-    last = _fails(run_cli("teacher", "quickstart", *tiny_overrides(tmp_path / "o", "data.markov.num_states=40",
+    last = _fails(run_cli("teacher", "teacher/markov", *tiny_overrides(tmp_path / "o", "data.markov.num_states=40",
                           f"model.pretrained={tiny_teacher / 'model'}")), "vocabulary")
     assert "tokenizer" in last
 
 
 def test_a_finished_run_is_never_overwritten(tiny_teacher):
     before = {p: p.stat().st_mtime_ns for p in (tiny_teacher / "checkpoints").iterdir()}
-    _fails(run_cli("teacher", "quickstart", *tiny_overrides(tiny_teacher, "trainer.max_steps=2")), "--resume")
+    _fails(run_cli("teacher", "teacher/markov", *tiny_overrides(tiny_teacher, "trainer.max_steps=2")), "--resume")
     assert {p: p.stat().st_mtime_ns for p in (tiny_teacher / "checkpoints").iterdir()} == before
 
 
@@ -93,10 +93,10 @@ def test_sample_bad_input(tiny_teacher, tmp_path):
 @pytest.mark.slow
 def test_teacher_then_resume_through_the_cli(tmp_path):
     out = tmp_path / "run"
-    first = run_cli("teacher", "quickstart", *tiny_overrides(out, "trainer.max_steps=2", "trainer.val_every=2"))
+    first = run_cli("teacher", "teacher/markov", *tiny_overrides(out, "trainer.max_steps=2", "trainer.val_every=2"))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "validation NELBO" in first.stdout and "samples (8 steps)" in first.stdout
-    more = run_cli("teacher", "quickstart", "--resume", *tiny_overrides(out, "trainer.max_steps=4",
+    more = run_cli("teacher", "teacher/markov", "--resume", *tiny_overrides(out, "trainer.max_steps=4",
                                                                         "trainer.val_every=2"))
     assert more.returncode == 0, more.stderr[-3000:]
     assert "4 steps" in more.stdout

@@ -49,11 +49,23 @@ def test_missing_config_lists_the_shipped_ones():
         resolve_config_path("teacher/nope")
 
 
-@pytest.mark.parametrize("name", ["quickstart", "teacher/markov", "teacher/stdlib"])
-def test_shipped_configs_load(name):
+@pytest.mark.parametrize("name", ["teacher/markov", "teacher/stdlib"])
+def test_shipped_teacher_configs_load(name):
     cfg = load_config(TeacherRunConfig, name)
     assert cfg.trainer.max_steps > 0
     assert Path(resolve_config_path(name)).is_file()
+
+
+def test_other_shipped_configs_load():
+    from fewstep.distill.config import DistillRunConfig
+    from fewstep.distill.evaluator import EvaluatorRunConfig
+
+    from fewstep.quickstart import QuickstartConfig
+
+    assert load_config(QuickstartConfig, "quickstart").distill_rounds >= 1
+    assert load_config(DistillRunConfig, "distill/markov").rounds.start_steps == 64
+    for name in ("evaluator/markov", "evaluator/stdlib"):
+        assert load_config(EvaluatorRunConfig, name).trainer.max_steps > 0
 
 
 def test_shipped_text_config_needs_a_path():

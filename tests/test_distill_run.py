@@ -13,6 +13,7 @@ from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.runtime import RunError
 from fewstep.distill.trajectory import ensure_trajectories
+from wandb_records import history_keys
 
 DATA = [o for o in TINY if o.startswith("data.")]
 
@@ -91,6 +92,22 @@ def test_stopped_mid_round_resumes_to_the_same_end(tiny_teacher, tmp_path):
     round0 = load_model_dir(out / "round_0" / "model").denoiser.backbone.model.embeddings.tok_embeddings.weight
     assert torch.equal(watch.teacher_at[6], round0)  # the resumed round's teacher was rebuilt from round 0
     assert load_model_dir(out / "model").meta["round"] == 2
+
+
+def test_rounds_log_their_tradeoff_to_wandb(tiny_teacher, tmp_path):
+    out = tmp_path / "w"
+    cfg = load_config(DistillRunConfig, None, distill_overrides(tiny_teacher, out, "logger.wandb.mode=offline",
+                                                                "rounds.count=2"))
+    run_distill(cfg)
+    run_file = next((out / "wandb").glob("offline-run-*/*.wandb"))
+    keys = history_keys(run_file)
+    assert {"round/tradeoff/_type", "round/student_exact_nll", "round/original_exact_nll"} <= keys
+    tables = sorted((out / "wandb").glob("offline-run-*/files/media/table/round/tradeoff_*.table.json"),
+                    key=lambda p: int(p.name.split("_")[1]))  # tradeoff_<step>_<hash>
+    last = json.loads(tables[-1].read_text())
+    assert last["columns"] == ["round", "model", "steps", "tokens_per_s", "exact_nll", "entropy"]
+    assert [row[:3] for row in last["data"]] == [[0, "student", 8], [0, "teacher", 16], [0, "original", 8],
+                                                 [1, "student", 4], [1, "teacher", 8], [1, "original", 4]]
 
 
 def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):

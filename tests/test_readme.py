@@ -30,18 +30,22 @@ def test_ci_runs_the_readme_test_command():
 
 @pytest.mark.slow
 def test_readme_main_command_runs_end_to_end(tmp_path):
-    """The quickstart itself (training shortened), the way the README runs it."""
+    """The quickstart itself (every stage shortened), the way the README runs it."""
     main = readme_commands()[0].split("&&", 1)[1].strip()
     args = shlex.split(main)[1:]
-    tiny = [o for o in TINY if not o.startswith(("num_print", "sample_steps"))]
-    result = run_cli(*args, "--out", str(tmp_path / "qs"), "--steps", "2,8", "--num-samples", "16", *tiny,
-                     "trainer.max_steps=4", "trainer.val_every=2")
+    tiny = [o for o in TINY if not o.startswith(("num_print", "sample_steps"))] + [
+        "trainer.max_steps=4", "trainer.val_every=2", "evaluator_steps=4", "distill_start_steps=4",
+        "distill_rounds=2", "distill_steps_per_round=2", "bench_repeats=1"]
+    result = run_cli(*args, "--out", str(tmp_path / "qs"), "--steps", "2,4", "--num-samples", "8", *tiny)
     assert result.returncode == 0, result.stderr[-3000:]
-    table = result.stdout.split("[2/2]", 1)[1]
-    for word in ("data", "teacher", "oracle", "exact_nll", "invalid_rate", "entropy"):
-        assert word in table
-    assert (tmp_path / "qs" / "teacher" / "model" / "model.safetensors").is_file()
-    again = run_cli(*args, "--out", str(tmp_path / "qs"), "--steps", "2", "--num-samples", "4", *tiny)
-    assert again.returncode == 0 and "reusing" in again.stdout, again.stderr[-3000:]
-    other = run_cli(*args, "--out", str(tmp_path / "qs"), "--steps", "2", "--num-samples", "4")
+    table = result.stdout.split("[6/6] export", 1)[1]
+    for word in ("teacher", "student-r0", "student-r1", "autoregressive", "exact_nll", "entropy", "x_teacher",
+                 "x_ar", "chosen for deployment", "pareto.png"):
+        assert word in table, word
+    for path in ("teacher/model/model.safetensors", "evaluator/model/config.json", "distill/round_1/model",
+                 "bench/tradeoff.json", "bench/pareto.png", "export/fewstep_generation.json"):
+        assert (tmp_path / "qs" / path).exists(), path
+    again = run_cli(*args, "--out", str(tmp_path / "qs"), "--steps", "2,4", "--num-samples", "8", *tiny)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 4, again.stdout[-3000:]
+    other = run_cli(*args, "--out", str(tmp_path / "qs"), "--steps", "2", "--num-samples", "8", *tiny)
     assert other.returncode == 2 and "--fresh" in other.stderr

@@ -10,8 +10,23 @@ HEADER = 7  # ':W&B', a 2-byte magic, a 1-byte version
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def read_records(path: Path) -> list:
-    """Every record in an offline run's `.wandb` file, as `wandb_internal_pb2.Record` objects."""
+def read_records(path: Path, timeout: float = 60.0) -> list:
+    """Every record in an offline run's `.wandb` file, as `wandb_internal_pb2.Record` objects.
+
+    W&B's writer is a separate process that may still be flushing when `run.finish()` returns, so this
+    waits (up to `timeout` seconds) for the run's closing `exit` record.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _read(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _read(path: Path) -> list:
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()

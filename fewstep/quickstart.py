@@ -1,0 +1,152 @@
+"""`fewstep quickstart`: the whole pipeline on the embedded default, with a results table.
+
+teacher -> reference autoregressive evaluator -> distilled students (SDTT rounds) -> trade-off
+sweep (tradeoff.json, pareto.png, W&B) -> tune (fewest steps meeting the quality target) -> export.
+Each stage writes into its own folder under --out and is reused on a re-run unless --fresh; a
+re-run with other settings is refused rather than mixing two configurations.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from fewstep.distill.config import DistillRunConfig, TeacherRunConfig, load_config, save_config
+from fewstep.distill.runtime import RunError
+
+__all__ = ["QuickstartConfig", "quickstart"]
+
+
+@dataclass
+class QuickstartConfig(TeacherRunConfig):
+    """The teacher's config plus the settings of the later stages."""
+
+    evaluator_steps: int = 600
+    distill_start_steps: int = 32
+    distill_rounds: int = 3
+    distill_steps_per_round: int = 150
+    distill_lr: float = 1e-3
+    bench_steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    bench_samples: int = 64
+    bench_repeats: int = 3
+    target_ratio: float = 1.05  # exact NLL (markov) or gen NLL at most this x the teacher's at its most steps
+    min_entropy_ratio: float = 0.95
+
+
+def _section(cfg: Any, schema: type, **changes: Any) -> Any:
+    """The part of `cfg` that `schema` knows, with `changes` replacing or merging in (a validated dataclass)."""
+    names = {f.name for f in fields(schema)} - set(changes)
+    container = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(cfg)).items() if k in names}
+    merged = OmegaConf.merge(OmegaConf.structured(schema), container, changes)
+    return OmegaConf.to_object(merged)
+
+
+def _stage(name: str, index: int, total: int, done: bool, where: Path) -> bool:
+    state = f"reusing {where}" if done else "running"
+    print(f"[{index}/{total}] {name}: {state}", flush=True)
+    return done
+
+
+def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Run (or reuse) every stage under `out`; print the results table; return the summary."""
+    from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench, summary_rows
+    from fewstep.distill.distill_run import run_distill
+    from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
+    from fewstep.distill.export import export_model
+    from fewstep.distill.train import train_teacher
+    from fewstep.distill.tune import Target, tune
+    from fewstep.pipeline import format_table
+
+    start = time.perf_counter()
+    out = Path(out)
+    cfg = load_config(QuickstartConfig, "quickstart", overrides)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    saved = out / "quickstart.yaml"
+    wanted = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if saved.exists() and saved.read_text() != wanted:
+        raise RunError(f"{out} holds a quickstart made with other settings ({saved}); give the same overrides as "
+                       "before, pass --fresh to start over, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+    total = 6
+
+    teacher_dir = out / "teacher"
+    if not _stage("teacher", 1, total, (teacher_dir / "model" / "fewstep.json").exists(), teacher_dir / "model"):
+        teacher_cfg = _section(cfg, TeacherRunConfig, out_dir=str(teacher_dir), num_print_samples=0)
+        train_teacher(teacher_cfg, resume=(teacher_dir / "checkpoints" / "last.ckpt").exists())
+
+    evaluator_dir = out / "evaluator"
+    if not _stage("autoregressive evaluator", 2, total, (evaluator_dir / "model" / "config.json").exists(),
+                  evaluator_dir / "model"):
+        ev_cfg = _section(cfg, EvaluatorRunConfig, out_dir=str(evaluator_dir),
+                          trainer={**asdict(cfg.trainer), "max_steps": cfg.evaluator_steps},
+                          optim={"lr": cfg.optim.lr, "warmup_steps": cfg.optim.warmup_steps, "ema": 0.0},
+                          model={"hidden_size": cfg.model.hidden_size, "num_layers": cfg.model.num_layers,
+                                 "num_heads": cfg.model.num_heads,
+                                 "intermediate_size": cfg.model.intermediate_size})
+        train_evaluator(ev_cfg, resume=(evaluator_dir / "checkpoints" / "last.ckpt").exists())
+
+    distill_dir = out / "distill"
+    if not _stage("distillation", 3, total, (distill_dir / "model" / "fewstep.json").exists(), distill_dir / "model"):
+        d_cfg = load_config(DistillRunConfig, None, [
+            f"teacher.path={teacher_dir}", f"out_dir={distill_dir}", "method=sdtt", "loss.divergence=kl_bwd",
+            f"rounds.start_steps={cfg.distill_start_steps}", f"rounds.count={cfg.distill_rounds}",
+            f"rounds.steps_per_round={cfg.distill_steps_per_round}", f"optim.lr={cfg.distill_lr}",
+            "optim.warmup_steps=20", "optim.ema=0.99", f"trainer.progress={cfg.trainer.progress}",
+            f"trainer.batch_size={min(cfg.trainer.batch_size, 32)}", "trainer.log_every=10",
+            f"eval.num_samples={min(cfg.bench_samples, 64)}"])
+        d_cfg = _section(d_cfg, DistillRunConfig, data=asdict(cfg.data),
+                         logger=asdict(cfg.logger))
+        run_distill(d_cfg, resume=(distill_dir / "checkpoints" / "last.ckpt").exists())
+
+    bench_dir = out / "bench"
+    models = [BenchModel("teacher", str(teacher_dir))] + [
+        BenchModel(f"student-r{r}", str(distill_dir / f"round_{r}")) for r in range(cfg.distill_rounds)]
+    if not _stage("trade-off sweep", 4, total, (bench_dir / "tradeoff.json").exists(), bench_dir / "tradeoff.json"):
+        bench_cfg = BenchRunConfig(out_dir=str(bench_dir), models=models, evaluator=str(evaluator_dir),
+                                   steps=list(cfg.bench_steps), num_samples=cfg.bench_samples,
+                                   repeats=cfg.bench_repeats, export=str(distill_dir / "model"), logger=cfg.logger)
+        run_bench(bench_cfg, progress=progress and cfg.trainer.progress)
+    import json
+
+    payload = json.loads((bench_dir / "tradeoff.json").read_text())
+    rows = payload["rows"]
+
+    print(f"[5/{total}] tune", flush=True)
+    metric = "exact_nll" if "exact_nll" in rows[0]["quality"] else "gen_nll"
+    reference_steps = max(r["steps"] for r in rows if r["model"] == "teacher")
+    target = Target(metric, "teacher", reference_steps, cfg.target_ratio, cfg.min_entropy_ratio)
+    try:
+        chosen, reference = tune(rows, target)
+    except RunError as error:  # no row meets the target: deploy the teacher at full steps, and say so
+        print(f"  {error}; exporting the teacher at {reference_steps} steps")
+        chosen = reference = next(r for r in rows if r["model"] == "teacher" and r["steps"] == reference_steps)
+
+    print(f"[6/{total}] export", flush=True)
+    source = teacher_dir if chosen["model"] == "teacher" else next(m.path for m in models if m.name == chosen["model"])
+    export_dir = export_model(source, out / "export", {"steps": chosen["steps"], "sampler": chosen["sampler"],
+                                                       "schedule": chosen["schedule"]})
+
+    table = summary_rows(rows, reference="teacher")
+    columns = ["model", "steps", metric, "entropy"] + (["invalid_rate"] if metric == "exact_nll" else []) + [
+        "tokens_per_s", "x_teacher", "x_ar", "pareto"]
+    print()
+    print(format_table(table, columns))
+    print(f"\n{metric}: nats/token ({'under the true chain' if metric == 'exact_nll' else 'under the AR evaluator'}, "
+          "lower is better); entropy: unigram entropy of the samples; x_teacher / x_ar: tokens/s over the teacher "
+          f"at {reference_steps} steps and over the autoregressive model with a KV cache (same device, same batch); "
+          "* = on the Pareto front.")
+    print(f"\nchosen for deployment: {chosen['model']} at {chosen['steps']} steps ({metric} "
+          f"{chosen['quality'][metric]:.4f} vs teacher {reference['quality'][metric]:.4f}, entropy "
+          f"{chosen['quality']['entropy']:.4f} vs {reference['quality']['entropy']:.4f})")
+    print(f"chart: {bench_dir / 'pareto.png'}\ntrade-off: {bench_dir / 'tradeoff.json'}\n"
+          f"W&B (offline; `wandb sync` to upload): {bench_dir / 'wandb'}\nexport: {export_dir}  "
+          f"(fewstep generate {export_dir})\ntotal {time.perf_counter() - start:.0f} s")
+    return {"rows": rows, "chosen": chosen, "reference": reference, "export": export_dir, "metric": metric}
