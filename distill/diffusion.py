@@ -103,9 +103,10 @@ def sample_t(batch: int, antithetic: bool = True, t_min: float = 1e-3,
 
     The evenly spaced (low-discrepancy) draw keeps E[t] exact and cuts the loss variance.
     """
-    u = torch.rand(1 if antithetic else batch, generator=generator, device="cpu", dtype=torch.float64)
+    noise_device = generator.device if generator is not None else "cpu"
+    u = torch.rand(1 if antithetic else batch, generator=generator, device=noise_device, dtype=torch.float64)
     if antithetic:
-        u = (u + torch.arange(batch, dtype=torch.float64) / batch) % 1.0
+        u = (u + torch.arange(batch, dtype=torch.float64, device=noise_device) / batch) % 1.0
     return (t_min + (1.0 - t_min) * u).to(device=device, dtype=torch.float32)
 
 

@@ -39,7 +39,7 @@ class SampleOutput:
         return self.tokens.shape[1] / max(self.nfe_per_sequence, 1e-9)
 
 
-def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
     """Sample from softmax(logits / T) with float64 Gumbel noise; T = 0 is argmax."""
     logits = logits.to(torch.float64)
     if temperature == 0:
