@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import torch
+
 from fewstep.distill.config import DistillRunConfig, load_config
 from fewstep.distill.data import build_data
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.quality import sample_quality
-from fewstep.samplers.ancestral import ancestral_sample
-
 from fewstep.pipeline import format_table
+from fewstep.samplers.ancestral import ancestral_sample
 
 
 def evaluate(model, label: str, steps: int, data, reference, seeds: list[int], num_samples: int,

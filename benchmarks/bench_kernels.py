@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from fewstep.kernels import denoise_step, triton_available
 from fewstep.kernels.loop import StaticLoop, count_host_syncs
 from fewstep.kernels.reference import gumbel_from_uniform, reference_step

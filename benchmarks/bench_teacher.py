@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 import torch
+
 from fewstep.distill.config import TeacherRunConfig, load_config
 from fewstep.distill.data import build_data
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.quality import markov_quality, unigram_entropy
 from fewstep.distill.train import train_teacher
-from fewstep.samplers.ancestral import ancestral_sample
-
 from fewstep.pipeline import format_table
+from fewstep.samplers.ancestral import ancestral_sample
 
 
 def machine() -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fewstep.distill.config import ConfigError, DataConfig, LoggerConfig, MarkovConfig, save_config
 from fewstep.distill.data import build_data
 from fewstep.distill.model_dir import load_model_dir

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fewstep.distill.config import DataConfig
 from torch.utils.data import DataLoader, Dataset
+
+from fewstep.distill.config import DataConfig
 
 __all__ = [
     "DataError",

@@ -10,8 +10,9 @@ import math
 from typing import Any
 
 import torch
-from fewstep.distill.config import ModelConfig
 from torch import nn
+
+from fewstep.distill.config import ModelConfig
 
 __all__ = ["ModelError", "Denoiser", "build_denoiser", "check_vocab", "tiny_modernbert_config"]
 

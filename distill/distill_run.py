@@ -11,6 +11,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
 from fewstep.distill.config import DistillRunConfig, TeacherSourceConfig, save_config
 from fewstep.distill.data import build_data, make_loader
 from fewstep.distill.denoiser import Denoiser, ModelError, build_denoiser, check_vocab
@@ -27,7 +29,6 @@ from fewstep.distill.runtime import (
     resolve_precision,
 )
 from fewstep.distill.trajectory import ensure_trajectories
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 __all__ = ["DistillResult", "load_teacher", "run_distill"]
 

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+
 from fewstep.distill.config import DataConfig, LoggerConfig, OptimConfig, TrainerConfig, save_config
 from fewstep.distill.data import build_data, make_loader
 from fewstep.distill.denoiser import ModelError

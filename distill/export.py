@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fewstep.distill.denoiser import Denoiser, ModelError
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import load_model_dir, resolve_model_dir, save_model_dir

@@ -12,8 +12,9 @@ import math
 
 import numpy as np
 import torch
-from fewstep.distill.config import MarkovConfig
 from torch import nn
+
+from fewstep.distill.config import MarkovConfig
 
 __all__ = ["MarkovChain", "MarkovOracle", "SMOOTHING"]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fewstep.distill.denoiser import Denoiser, ModelError, check_vocab
-from fewstep.distill.io import atomic_replace_dir
 
 import fewstep
+from fewstep.distill.denoiser import Denoiser, ModelError, check_vocab
+from fewstep.distill.io import atomic_replace_dir
 
 __all__ = ["FORMAT", "LoadedModel", "save_model_dir", "load_model_dir", "resolve_model_dir"]
 

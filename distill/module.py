@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+
 from fewstep.distill.config import LossConfig, OptimConfig, RoundsConfig, TrajectoryConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from fewstep.distill.config import MarkovConfig
 from fewstep.distill.runtime import RunError
 

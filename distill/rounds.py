@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+
 from fewstep.distill.config import DistillRunConfig
 from fewstep.distill.data import TokenData
 from fewstep.distill.denoiser import Denoiser

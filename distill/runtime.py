@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fewstep.distill.config import LoggerConfig
-from fewstep.distill.io import atomic_save
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
+
+from fewstep.distill.config import LoggerConfig
+from fewstep.distill.io import atomic_save
 
 __all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "make_loggers", "finish_loggers",
            "resolve_precision", "wandb_mode"]

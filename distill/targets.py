@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from fewstep.distill.diffusion import NoiseSchedule, subs_log_probs
 from fewstep.samplers.ancestral import gumbel_argmax
-from torch import nn
 
 __all__ = ["RevealFn", "ancestral_reveal", "sdtt_target", "student_times"]
 

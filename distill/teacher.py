@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import torch
+
 from fewstep.distill.config import OptimConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fewstep.distill.io import atomic_save, atomic_write_text
 from fewstep.distill.quality import markov_quality, unigram_entropy
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+
 from fewstep.distill.config import TeacherRunConfig, save_config
 from fewstep.distill.data import TokenData, build_data, make_loader
 from fewstep.distill.denoiser import build_denoiser
@@ -25,7 +27,6 @@ from fewstep.distill.runtime import (
     resolve_precision,
 )
 from fewstep.distill.teacher import TeacherModule
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 
 __all__ = ["TeacherResult", "train_teacher", "model_meta"]
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, sample_t
 from fewstep.distill.io import atomic_save
 from fewstep.samplers.ancestral import ancestral_sample
-from torch import nn
 
 __all__ = ["ensure_trajectories", "trajectory_loss"]
 

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+
 from fewstep.kernels.step import denoise_step, triton_available
 
 __all__ = ["RULES", "StaticLoop", "count_host_syncs", "even_counts", "generate_static"]

@@ -12,6 +12,7 @@ import os
 from typing import NamedTuple
 
 import torch
+
 from fewstep.kernels.reference import reference_step, seed_mode_noise
 
 __all__ = ["StepResult", "denoise_step", "triton_available"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fewstep.distill.config import ConfigError, TeacherRunConfig, load_config, resolve_config_path
 
 
@@ -59,7 +60,6 @@ def test_shipped_teacher_configs_load(name):
 def test_other_shipped_configs_load():
     from fewstep.distill.config import DistillRunConfig
     from fewstep.distill.evaluator import EvaluatorRunConfig
-
     from fewstep.quickstart import QuickstartConfig
 
     assert load_config(QuickstartConfig, "quickstart").distill_rounds >= 1

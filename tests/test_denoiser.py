@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from fewstep.distill.config import ModelConfig
 from fewstep.distill.data import markov_tokenizer
 from fewstep.distill.denoiser import ModelError, build_denoiser, check_vocab

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from fewstep.distill.config import MarkovConfig
 from fewstep.distill.diffusion import (
     forward_process,

@@ -8,12 +8,13 @@ import lightning as L
 import pytest
 import torch
 from conftest import TINY, run_cli
+from wandb_records import history_keys
+
 from fewstep.distill.config import DistillRunConfig, load_config
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.runtime import RunError
 from fewstep.distill.trajectory import ensure_trajectories
-from wandb_records import history_keys
 
 DATA = [o for o in TINY if o.startswith("data.")]
 

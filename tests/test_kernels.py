@@ -25,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 if triton_available():
     import triton
     import triton.language as tl
+
     from fewstep.kernels.triton_step import _gumbel_from_bits
 
     @triton.jit

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from fewstep.distill.losses import DIVERGENCES, divergence
 
 P = [0.5, 0.3, 0.2]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from fewstep.distill.config import MarkovConfig
 from fewstep.distill.markov import MarkovChain, MarkovOracle
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fewstep.distill.config import MarkovConfig
 from fewstep.distill.markov import MarkovChain, MarkovOracle
 from fewstep.samplers.ancestral import ancestral_sample, gumbel_argmax

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fewstep.distill.config import MarkovConfig
 from fewstep.distill.diffusion import forward_process, make_schedule, subs_log_probs
 from fewstep.distill.markov import MarkovChain, MarkovOracle

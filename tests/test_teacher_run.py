@@ -8,12 +8,13 @@ import lightning as L
 import pytest
 import torch
 from conftest import tiny_overrides
+from wandb_records import history_keys
+
 from fewstep.distill.config import TeacherRunConfig, load_config
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.runtime import RunError
 from fewstep.distill.teacher import NonFiniteLossError
 from fewstep.distill.train import train_teacher
-from wandb_records import history_keys
 
 
 def cfg_for(out, *extra):

@@ -7,6 +7,9 @@ import json
 import pytest
 import torch
 from conftest import run_cli
+from wandb_records import chart_specs, history_keys, read_records
+
+import fewstep
 from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench
 from fewstep.distill.denoiser import ModelError
 from fewstep.distill.export import export_model
@@ -14,9 +17,6 @@ from fewstep.distill.runtime import RunError
 from fewstep.distill.tradeoff import pareto_front, python_lines_ok
 from fewstep.distill.tune import Target, tune
 from fewstep.samplers.ancestral import ancestral_sample
-from wandb_records import chart_specs, history_keys, read_records
-
-import fewstep
 
 
 def row(model, steps, nll, entropy, speed):
