@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Triton reads TRITON_INTERPRET when it is imported, and Lightning imports it: without a GPU the
+# kernel tests need the interpreter, so it is switched on here, before any test module is imported.
+if not any(Path("/dev").glob("nvidia[0-9]*")):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
