@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64)")
     sample.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     sample.add_argument("--out", default="-", help="output JSONL file, or - for standard output (default)")
+    from fewstep.samplers.commands import add_sampler_options, add_schedule_parser
+
+    add_sampler_options(sample)
+    add_schedule_parser(commands)
 
     bench = commands.add_parser(
         "bench", help="sweep models x samplers x step counts: tradeoff.json, pareto.png, a W&B run",
@@ -192,11 +196,9 @@ def _cmd_evaluator(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from fewstep.distill.io import atomic_write_text
-    from fewstep.distill.quality import sample_records
+    from fewstep.samplers.commands import sample_records_with_options
 
-    records = sample_records(args.model_dir, steps=args.steps, num_samples=args.num_samples, seq_len=args.seq_len,
-                             seed=args.seed, temperature=args.temperature, batch_size=args.batch_size,
-                             device=args.device)
+    records = sample_records_with_options(args)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.out == "-":
         sys.stdout.write(lines)
@@ -204,6 +206,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         atomic_write_text(Path(args.out), lines)
         print(f"wrote {len(records)} samples to {args.out}", file=sys.stderr)
     return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from fewstep.samplers.commands import run_schedule
+
+    return run_schedule(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -287,7 +295,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"teacher": _cmd_teacher, "distill": _cmd_distill, "evaluator": _cmd_evaluator,
-             "bench": _cmd_bench, "tune": _cmd_tune, "export": _cmd_export, "generate": _cmd_generate, "sample": _cmd_sample, "quickstart": _cmd_quickstart}
+             "bench": _cmd_bench, "tune": _cmd_tune, "export": _cmd_export, "generate": _cmd_generate, "schedule": _cmd_schedule, "sample": _cmd_sample, "quickstart": _cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from fewstep.distill.diffusion import NoiseSchedule, make_schedule
 from torch import nn
+
+from fewstep.distill.diffusion import NoiseSchedule, make_schedule
 
 __all__ = ["SampleOutput", "ancestral_sample", "gumbel_argmax"]
 

@@ -1,0 +1,186 @@
+"""Policies: which masked tokens a step reveals, given per-token statistics.
+
+A policy ranks the eligible positions (`scores`, higher first) and may ask to reveal more than the
+schedule's count (`wanted`, e.g. every token above a confidence threshold). The sampler reveals
+max(schedule count, wanted, 1 if `at_least_one`) of the best-ranked positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fewstep.distill.runtime import RunError
+from fewstep.samplers.step import StepStats
+
+__all__ = [
+    "StepContext",
+    "Policy",
+    "AcceptingPolicy",
+    "RandomPolicy",
+    "TopKPolicy",
+    "ThresholdPolicy",
+    "EntropyBoundedPolicy",
+    "POLICY_NAMES",
+    "make_policy",
+]
+
+POLICY_NAMES = ("random", "confidence", "margin", "entropy", "threshold", "eb", "learned")
+
+
+@dataclass
+class StepContext:
+    """Where a step stands, [batch, width] over the current block unless noted."""
+
+    eligible: torch.Tensor  # masked positions of the current block
+    uniform: torch.Tensor  # float64 uniforms of this step (the random order)
+    changed: torch.Tensor  # the argmax differs from the previous step's
+    block_position: torch.Tensor  # [width] position within the block, in [0, 1]
+    progress: float  # steps done / steps in the block, in [0, 1)
+    mask_ratio: torch.Tensor  # [batch] masked fraction of the whole sequence
+
+
+class Policy:
+    """Ranks positions; `wanted` may ask for more reveals than the schedule gives."""
+
+    name = "base"
+    at_least_one = False
+    fallback: Policy | None = None
+
+    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def wanted(self, stats: StepStats, ctx: StepContext) -> torch.Tensor | None:
+        """Tokens each sequence wants revealed beyond the schedule's count, [batch]; None: none."""
+        return None
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+class RandomPolicy(Policy):
+    """MDLM ancestral: a uniformly random order, independent of the predictions."""
+
+    name = "random"
+
+    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        return -ctx.uniform
+
+
+_STAT_SCORES = {
+    "confidence": lambda s: s.confidence,
+    "margin": lambda s: s.margin,
+    "entropy": lambda s: -s.entropy,
+}
+
+
+class TopKPolicy(Policy):
+    """LLaDA / Dream: the most certain tokens first, by top-1 probability, top-2 margin or low entropy."""
+
+    def __init__(self, by: str = "confidence") -> None:
+        if by not in _STAT_SCORES:
+            raise RunError(f"unknown top-k statistic {by!r}; choose one of {', '.join(_STAT_SCORES)}")
+        self.by = by
+        self.name = by
+
+    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        return _STAT_SCORES[self.by](stats)
+
+
+class AcceptingPolicy(Policy):
+    """A policy that accepts some tokens outright; the schedule's remaining count follows `fallback`'s order.
+
+    Without a fallback the accepted tokens' own score orders everything (Fast-dLLM, EB-sampler).
+    """
+
+    at_least_one = True
+
+    def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def accepted(self, stats: StepStats, ctx: StepContext, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        own = self.own_scores(stats, ctx)
+        if self.fallback is None:
+            return own
+        # accepted tokens first (in their own order), then the fallback's order; both kinds stay finite
+        lifted = 1e6 + own.clamp(-1e5, 1e5)
+        return torch.where(
+            self.accepted(stats, ctx, own), lifted, self.fallback.scores(stats, ctx).to(own.dtype)
+        )
+
+    def wanted(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        return (ctx.eligible & self.accepted(stats, ctx, self.own_scores(stats, ctx))).sum(dim=1)
+
+    def fallback_config(self) -> dict[str, Any]:
+        return {"fallback": self.fallback.name} if self.fallback is not None else {}
+
+
+class ThresholdPolicy(AcceptingPolicy):
+    """Fast-dLLM: reveal every token whose top-1 probability reaches `threshold`; at least one per step."""
+
+    name = "threshold"
+
+    def __init__(self, threshold: float = 0.9, fallback: Policy | None = None) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise RunError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self.fallback = fallback
+
+    def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        return stats.confidence
+
+    def accepted(self, stats: StepStats, ctx: StepContext, scores: torch.Tensor) -> torch.Tensor:
+        return stats.confidence >= self.threshold
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "threshold": self.threshold, **self.fallback_config()}
+
+
+class EntropyBoundedPolicy(AcceptingPolicy):
+    """EB-sampler: reveal the lowest-entropy tokens while their summed entropy minus the largest <= gamma."""
+
+    name = "eb"
+
+    def __init__(self, gamma: float = 0.1, fallback: Policy | None = None) -> None:
+        if gamma < 0:
+            raise RunError(f"the entropy bound gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.fallback = fallback
+
+    def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        return -stats.entropy
+
+    def accepted(self, stats: StepStats, ctx: StepContext, scores: torch.Tensor) -> torch.Tensor:
+        entropy = torch.where(ctx.eligible, stats.entropy, torch.full_like(stats.entropy, torch.inf))
+        ordered, order = entropy.sort(dim=1, stable=True)
+        finite = ordered.nan_to_num(posinf=0.0)
+        # sorted ascending, the largest of the first j is the j-th: the bound is on the sum of the others
+        keep_sorted = (torch.cumsum(finite, dim=1) - finite <= self.gamma) & torch.isfinite(ordered)
+        return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted) & ctx.eligible
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "gamma": self.gamma, **self.fallback_config()}
+
+
+def make_policy(name: str, threshold: float = 0.9, gamma: float = 0.1, fallback: str | None = None) -> Policy:
+    """A heuristic policy by name (`learned` is loaded from a model directory instead).
+
+    `fallback` (threshold, eb): the order in which the schedule's remaining count is filled.
+    """
+    if fallback is not None and name not in ("threshold", "eb"):
+        raise RunError(f"a fallback order applies to the threshold and eb policies, not {name!r}")
+    back = make_policy(fallback) if fallback is not None else None
+    if name == "random":
+        return RandomPolicy()
+    if name in _STAT_SCORES:
+        return TopKPolicy(name)
+    if name == "threshold":
+        return ThresholdPolicy(threshold, back)
+    if name == "eb":
+        return EntropyBoundedPolicy(gamma, back)
+    raise RunError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -1,0 +1,71 @@
+"""Named samplers: a policy and a schedule by name, the learned parts loaded from the model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fewstep.distill.runtime import RunError
+from fewstep.samplers.policies import POLICY_NAMES, Policy, make_policy
+from fewstep.samplers.sampler import Sampler
+from fewstep.samplers.scheduler_config import load_learned
+from fewstep.samplers.schedules import SCHEDULE_NAMES, Schedule, make_step_schedule
+
+__all__ = ["PRESETS", "build_sampler"]
+
+# preset -> (policy, schedule)
+PRESETS: dict[str, tuple[str, str]] = {
+    "ancestral": ("random", "ancestral"),  # MDLM
+    "llada": ("confidence", "loglinear"),  # low-confidence remasking
+    "dream": ("entropy", "loglinear"),
+    "fast-dllm": ("threshold", "loglinear"),
+    "eb": ("eb", "loglinear"),
+    "learned": ("learned", "learned"),  # both from scheduler_config.json
+}
+
+
+def build_sampler(
+    sampler: str = "ancestral",
+    policy: str | None = None,
+    schedule: str | None = None,
+    steps: int = 16,
+    meta: dict[str, Any] | None = None,
+    model_dir: str | Path | None = None,
+    threshold: float = 0.9,
+    gamma: float = 0.1,
+    fallback: str | None = None,
+    block_size: int | None = None,
+    temperature: float = 1.0,
+) -> Sampler:
+    """A preset, with `policy` / `schedule` overriding its parts; `learned` parts need `model_dir`."""
+    if sampler not in PRESETS:
+        raise RunError(f"unknown sampler {sampler!r}; choose one of {', '.join(PRESETS)}")
+    policy_name, schedule_name = PRESETS[sampler]
+    policy_name, schedule_name = policy or policy_name, schedule or schedule_name
+    if policy_name not in POLICY_NAMES:
+        raise RunError(f"unknown policy {policy_name!r}; choose one of {', '.join(POLICY_NAMES)}")
+    if schedule_name not in (*SCHEDULE_NAMES, "learned"):
+        raise RunError(
+            f"unknown schedule {schedule_name!r}; choose one of {', '.join(SCHEDULE_NAMES)}, learned"
+        )
+    meta = meta or {}
+    learned_schedule: Schedule | None = None
+    learned_policy: Policy | None = None
+    if "learned" in (policy_name, schedule_name):
+        if model_dir is None:
+            raise RunError("a learned policy or schedule is read from a model directory; pass one")
+        learned_schedule, learned_policy, _ = load_learned(Path(model_dir), meta, steps)
+    if policy_name == "learned":
+        if learned_policy is None or learned_policy.name != "learned":
+            raise RunError(
+                f"{model_dir} has no learned policy head for {steps} steps (its scheduler_config.json "
+                "holds only an allocation); learn one with `fewstep schedule CONFIG what=policy`"
+            )
+        chosen_policy = learned_policy
+    else:
+        chosen_policy = make_policy(policy_name, threshold=threshold, gamma=gamma, fallback=fallback)
+    if schedule_name == "learned":
+        chosen_schedule = learned_schedule
+    else:
+        chosen_schedule = make_step_schedule(schedule_name, meta.get("noise_schedule", "loglinear"))
+    return Sampler(chosen_schedule, chosen_policy, block_size=block_size, temperature=temperature)

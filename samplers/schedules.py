@@ -1,0 +1,145 @@
+"""Schedules: how many of a block's masked tokens a sampler reveals by the end of each step.
+
+A schedule is a cumulative curve F(0) = 0 <= F(1) <= ... <= F(n) = 1 over a block's n steps. The
+fixed curves come from a noise schedule, F(k) = (alpha(1 - k/n) - alpha(1)) / (alpha(0) - alpha(1)),
+with the counts rounded (`loglinear`, `linear`, `cosine`) or drawn (`ancestral`: every masked token
+revealed with probability (F(k+1) - F(k)) / (1 - F(k)), exactly MDLM's sampler). A learned
+allocation (`AllocationSchedule`) stores its own curve for one step budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fewstep.distill.diffusion import make_schedule
+from fewstep.distill.runtime import RunError
+
+__all__ = [
+    "Schedule",
+    "NoiseCurveSchedule",
+    "AllocationSchedule",
+    "SCHEDULE_NAMES",
+    "make_step_schedule",
+    "curve_counts",
+]
+
+SCHEDULE_NAMES = ("loglinear", "linear", "cosine", "ancestral")
+
+
+class Schedule:
+    """The reveal curve of a block; `counts` turns it into per-sequence counts at each step."""
+
+    name = "base"
+    stochastic = False
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        """Cumulative fraction revealed after each of `steps` steps, float64 [steps + 1]."""
+        raise NotImplementedError
+
+    def check_steps(self, steps: int) -> None:
+        """Refuse a step budget this schedule cannot serve (a learned allocation serves one)."""
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def counts(
+        self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor, uniform: torch.Tensor
+    ) -> torch.Tensor:
+        """How many eligible tokens each sequence must reveal at `step` (of `steps` in its block), [batch].
+
+        `initial` [batch]: masked tokens of the block when it started; `eligible` [batch, width]: the
+        block's masked positions now; `uniform` [batch, width]: the step's per-token uniforms.
+        """
+        fractions = self.fractions(steps)  # a host-side curve: no device synchronisation
+        remaining = eligible.sum(dim=1)
+        if step == steps - 1:
+            return remaining
+        if self.stochastic:
+            done, after = float(fractions[step]), float(fractions[step + 1])
+            p = min(max((after - done) / (1.0 - done), 0.0), 1.0) if done < 1 else 1.0
+            return (eligible & (uniform < p)).sum(dim=1)
+        target = torch.floor(initial.to(torch.float64) * float(fractions[step + 1]) + 0.5).long()
+        revealed = initial - remaining
+        return torch.minimum((target - revealed).clamp_min(0), remaining)
+
+
+class NoiseCurveSchedule(Schedule):
+    """The reveal curve implied by a noise schedule alpha(t) on an even time grid."""
+
+    def __init__(self, noise: str = "loglinear", stochastic: bool = False, eps: float = 1e-3) -> None:
+        self.noise = noise
+        self.noise_schedule = make_schedule(noise, eps)
+        self.stochastic = stochastic
+        self.name = "ancestral" if stochastic else noise
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        t = 1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps
+        alpha = self.noise_schedule.alpha(t)
+        fractions = (alpha - alpha[0]) / (alpha[-1] - alpha[0])
+        fractions[0], fractions[-1] = 0.0, 1.0
+        return torch.cummax(fractions.clamp(0.0, 1.0), dim=0).values
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "noise": self.noise}
+
+
+class AllocationSchedule(Schedule):
+    """A learned step allocation: an explicit reveal curve for exactly `steps` steps."""
+
+    name = "learned"
+
+    def __init__(self, fractions: list[float] | torch.Tensor, source: str = "scheduler_config.json") -> None:
+        curve = torch.as_tensor(fractions, dtype=torch.float64)
+        if (
+            curve.ndim != 1
+            or len(curve) < 2
+            or abs(curve[0]) > 1e-9
+            or abs(curve[-1] - 1) > 1e-9
+            or bool((curve.diff() < -1e-12).any())
+        ):
+            raise RunError(
+                f"{source}: the allocation must be a non-decreasing curve from 0 to 1; re-run "
+                "`fewstep schedule` to rewrite it"
+            )
+        self.curve = curve
+        self.steps = len(curve) - 1
+        self.source = source
+
+    @classmethod
+    def from_counts(cls, counts: list[int] | torch.Tensor, source: str = "search") -> AllocationSchedule:
+        """A curve from per-step token counts (their cumulative share)."""
+        counts = torch.as_tensor(counts, dtype=torch.float64)
+        return cls(torch.cat([torch.zeros(1, dtype=torch.float64), counts.cumsum(0) / counts.sum()]), source)
+
+    def check_steps(self, steps: int) -> None:
+        if steps != self.steps:
+            raise RunError(
+                f"the learned allocation in {self.source} was made for a budget of {self.steps} steps, "
+                f"not {steps}; sample with --steps {self.steps}, or learn one for {steps} steps with "
+                f"`fewstep schedule CONFIG steps={steps}`"
+            )
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        self.check_steps(steps)
+        return self.curve
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": self.steps, "fractions": [float(f) for f in self.curve]}
+
+
+def curve_counts(schedule: Schedule, steps: int, num_tokens: int) -> list[int]:
+    """The per-step token counts a deterministic curve gives for `num_tokens` masked tokens."""
+    targets = torch.floor(num_tokens * schedule.fractions(steps) + 0.5).long()
+    targets[-1] = num_tokens
+    return targets.diff().tolist()
+
+
+def make_step_schedule(name: str, noise: str = "loglinear") -> Schedule:
+    """A fixed schedule by name; `ancestral` uses the model's own noise schedule `noise`."""
+    if name == "ancestral":
+        return NoiseCurveSchedule(noise, stochastic=True)
+    if name in ("loglinear", "linear", "cosine"):
+        return NoiseCurveSchedule(name)
+    raise RunError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)} or learned")

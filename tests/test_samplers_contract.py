@@ -1,0 +1,134 @@
+"""One contract, every sampler: the same loop drives each policy x schedule combination (diffusers-style)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewstep.distill.config import MarkovConfig
+from fewstep.distill.markov import MarkovChain, MarkovOracle
+from fewstep.distill.runtime import RunError
+from fewstep.samplers import (
+    AllocationSchedule,
+    LearnedPolicy,
+    PolicyHead,
+    Sampler,
+    make_policy,
+    make_step_schedule,
+)
+
+S, L = 8, 12  # states (mask id 8), sequence length
+
+
+@pytest.fixture(scope="module")
+def chain() -> MarkovChain:
+    return MarkovChain.from_config(MarkovConfig(num_states=S, branching=3, seed=1))
+
+
+class Recording(MarkovOracle):
+    """The oracle, remembering every input it was called with."""
+
+    def __init__(self, chain: MarkovChain) -> None:
+        super().__init__(chain)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, z, t=None):
+        self.inputs.append(z.clone())
+        return super().forward(z, t)
+
+
+def _head(fallback: str | None = None) -> LearnedPolicy:
+    torch.manual_seed(0)
+    return LearnedPolicy(
+        PolicyHead(hidden=4),
+        vocab_size=S + 1,
+        threshold=0.6,
+        fallback=make_policy(fallback) if fallback else None,
+    )
+
+
+SAMPLERS = {
+    "ancestral": lambda: Sampler(make_step_schedule("ancestral"), make_policy("random")),
+    "random-loglinear": lambda: Sampler(make_step_schedule("loglinear"), make_policy("random")),
+    "confidence-loglinear": lambda: Sampler(make_step_schedule("loglinear"), make_policy("confidence")),
+    "margin-cosine": lambda: Sampler(make_step_schedule("cosine"), make_policy("margin")),
+    "entropy-linear": lambda: Sampler(make_step_schedule("linear"), make_policy("entropy")),
+    "threshold": lambda: Sampler(make_step_schedule("loglinear"), make_policy("threshold", threshold=0.7)),
+    "eb": lambda: Sampler(make_step_schedule("loglinear"), make_policy("eb", gamma=0.5)),
+    "threshold-random-fallback": lambda: Sampler(
+        make_step_schedule("cosine"), make_policy("threshold", threshold=0.7, fallback="random")
+    ),
+    "eb-margin-fallback": lambda: Sampler(
+        make_step_schedule("ancestral"), make_policy("eb", gamma=0.5, fallback="margin")
+    ),
+    "blocks": lambda: Sampler(make_step_schedule("loglinear"), make_policy("confidence"), block_size=5),
+    "learned-allocation": lambda: Sampler(
+        AllocationSchedule.from_counts([1, 2, 4, 5]), make_policy("confidence")
+    ),
+    "learned-policy": lambda: Sampler(make_step_schedule("loglinear"), _head()),
+    "learned-policy-random-fallback": lambda: Sampler(
+        make_step_schedule("loglinear"), _head("random"), block_size=6
+    ),
+    "greedy": lambda: Sampler(make_step_schedule("loglinear"), make_policy("margin"), temperature=0.0),
+}
+EARLY_STOP = {
+    "ancestral",
+    "threshold",
+    "eb",
+    "learned-policy",
+    "margin-cosine",
+    "entropy-linear",
+    "threshold-random-fallback",
+    "eb-margin-fallback",
+    "learned-policy-random-fallback",
+}
+STEPS = 4
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_sampler_contract(name, chain):
+    sampler = SAMPLERS[name]()
+    model = Recording(chain)
+    prompt = torch.tensor([3, S, S, 5])  # a prefix with two positions to infill
+    out = sampler.generate(model, 6, L, STEPS, prompt=prompt, seed=11, batch_size=4)
+    tokens = out.tokens
+    # shapes, no mask left, prompt kept
+    assert tokens.shape == (6, L) and tokens.dtype == torch.long
+    assert (tokens != S).all() and (tokens >= 0).all()
+    assert (tokens[:, 0] == 3).all() and (tokens[:, 3] == 5).all()
+    # an already revealed token never changes, from one forward pass to the next and to the output
+    first_batch = [z for z in model.inputs if z.shape[0] == 4]
+    for before, after in zip(first_batch, [*first_batch[1:], tokens[:4]]):
+        revealed = before != S
+        assert torch.equal(after[revealed], before[revealed])
+    # NFE: the budget, or fewer for policies and curves that can finish early; never more
+    assert out.nfe == len(model.inputs) and out.num_batches == 2
+    assert out.nfe_per_sequence <= STEPS
+    if name not in EARLY_STOP:
+        assert out.nfe_per_sequence == STEPS
+    assert out.tokens_per_forward >= L / STEPS
+    # reproducible with a seed, different with another
+    again = sampler.generate(Recording(chain), 6, L, STEPS, prompt=prompt, seed=11, batch_size=4)
+    other = sampler.generate(Recording(chain), 6, L, STEPS, prompt=prompt, seed=12, batch_size=4)
+    assert torch.equal(again.tokens, tokens)
+    if sampler.temperature > 0:
+        assert not torch.equal(other.tokens, tokens)
+    # a sequence's result does not depend on the rest of its batch
+    alone = sampler.generate(Recording(chain), 6, L, STEPS, prompt=prompt, seed=11, batch_size=1)
+    fewer = sampler.generate(Recording(chain), 3, L, STEPS, prompt=prompt, seed=11)
+    assert torch.equal(alone.tokens, tokens) and torch.equal(fewer.tokens, tokens[:3])
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_bad_input_is_refused_with_a_clear_message(name, chain):
+    sampler = SAMPLERS[name]()
+    with pytest.raises(RunError, match="steps must be at least 1"):
+        sampler.generate(MarkovOracle(chain), 2, L, 0)
+    with pytest.raises(RunError, match="longer than seq_len"):
+        sampler.generate(MarkovOracle(chain), 2, L, STEPS, prompt=torch.zeros(L + 1, dtype=torch.long))
+
+
+def test_a_learned_allocation_refuses_another_budget(chain):
+    sampler = SAMPLERS["learned-allocation"]()
+    with pytest.raises(RunError, match="budget of 4 steps, not 5"):
+        sampler.generate(MarkovOracle(chain), 2, L, 5)
