@@ -1,16 +1,27 @@
-"""Text corpora as token data: `stdlib`, `text`, `jsonl` and `hf` sources.
+"""Text corpora as token data: the `stdlib`, `text`, `jsonl` and `hf` sources.
 
-Documents are split deterministically by a hash of their text (adding or reordering documents moves
-no other document between train and validation), tokenised with a given tokenizer or a byte-level
-BPE trained here on the training documents only, then packed as `[BOS] doc [EOS] ...` and cut into
-rows of exactly `seq_len` tokens.
+Documents are split by a hash of their text (adding or reordering documents moves no other
+document between train and validation), tokenised with a given tokenizer or with a byte-level BPE
+trained here on the training documents only, packed as `[BOS] doc [EOS] [BOS] doc [EOS] ...` and cut
+into rows of exactly `seq_len` tokens (the tail is dropped). `data.max_bytes` keeps whole documents
+in order and stops before the first one that would pass the cap (only a first document larger than the
+whole cap is cut), so a document's split never depends on the cap.
+
+What counts as a document:
+- `stdlib`: one `*.py` file of the interpreter's standard library (no tests, no installed packages).
+- `text`: a paragraph when the file has blank-line separated paragraphs, else a line.
+- `jsonl`: the `data.text_field` string of each line's JSON object.
+- `hf`: the `data.text_field` string of each row of a Hugging Face dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import sysconfig
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,21 +29,34 @@ import torch
 from fewstep.distill.config import DataConfig
 from fewstep.distill.data import MASK_TOKEN, DataError, TokenData, fingerprint
 
-__all__ = ["load_documents", "split_documents", "train_tokenizer", "load_tokenizer", "pack", "build_corpus_data",
-           "SPECIALS"]
+__all__ = [
+    "SPECIALS",
+    "build_corpus_data",
+    "load_documents",
+    "load_tokenizer",
+    "pack",
+    "split_documents",
+    "stdlib_files",
+    "token_stream",
+    "train_tokenizer",
+]
 
-SPECIALS = ["[PAD]", "[BOS]", "[EOS]", MASK_TOKEN]
-_TEST_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+SPECIALS = ("[PAD]", "[BOS]", "[EOS]", MASK_TOKEN)  # ids 0..3 of a trained tokenizer, in this order
+_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+_PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t\f\v]*\n)+")  # one or more blank (or whitespace-only) lines
 
 
-def _capped(documents, max_bytes: int) -> list[str]:
-    out, used = [], 0
+# ------------------------------------------------------------------------------------------ reading
+def _capped(documents: Iterable[str], max_bytes: int) -> list[str]:
+    """Non-blank documents in order until the next one would pass `max_bytes` (0 = no cap)."""
+    out: list[str] = []
+    used = 0
     for doc in documents:
         if not doc.strip():
             continue
         size = len(doc.encode("utf-8"))
         if max_bytes and used + size > max_bytes:
-            if not out:  # a single document larger than the cap: keep its head
+            if not out:  # a first document larger than the whole cap: keep its head
                 out.append(doc.encode("utf-8")[:max_bytes].decode("utf-8", "ignore"))
             break
         out.append(doc)
@@ -40,172 +64,274 @@ def _capped(documents, max_bytes: int) -> list[str]:
     return out
 
 
-def _stdlib_documents(max_bytes: int) -> list[str]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not (_TEST_DIRS & set(p.relative_to(root).parts[:-1])) and not p.name.startswith("test_"))
+def stdlib_files(root: str | Path | None = None) -> list[Path]:
+    """The standard library's `*.py` files sorted by relative path, without tests or installed packages."""
+    base = Path(root) if root is not None else Path(sysconfig.get_paths()["stdlib"])
+    found: list[Path] = []
+    for directory, subdirs, names in os.walk(base):
+        subdirs[:] = [d for d in subdirs if d not in _SKIP_DIRS]  # prune: never walk into site-packages
+        found.extend(Path(directory, n) for n in names if n.endswith(".py") and not n.startswith("test_"))
+    return sorted(found, key=lambda p: p.relative_to(base).parts)
 
-    def read():
-        for path in files:
+
+def _stdlib_documents(max_bytes: int) -> list[str]:
+    def read() -> Iterator[str]:
+        for path in stdlib_files():
             try:
                 yield path.read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):
-                continue
+                continue  # a few stdlib files are deliberately not UTF-8
 
     return _capped(read(), max_bytes)
 
 
 def _file(cfg: DataConfig) -> Path:
-    path = Path(cfg.path).expanduser()
+    path = Path(str(cfg.path)).expanduser()
     if not path.exists():
-        raise DataError(f"data.path {path} does not exist; give an existing {cfg.source} file")
+        raise DataError(f"data.path {path} does not exist; give an existing {cfg.source} file as data.path=...")
     if path.is_dir():
-        raise DataError(f"data.path {path} is a directory; give a {cfg.source} file")
+        raise DataError(f"data.path {path} is a directory; give a {cfg.source} file inside it as data.path=...")
     return path
 
 
+def _empty(path: Path) -> DataError:
+    return DataError(f"data.path {path} is empty (or only whitespace); give a file with text in it")
+
+
 def _text_documents(cfg: DataConfig) -> list[str]:
-    text = _file(cfg).read_text(encoding="utf-8", errors="replace")
+    path = _file(cfg)
+    with path.open("rb") as handle:
+        raw = handle.read(cfg.max_bytes + 1) if cfg.max_bytes else handle.read()
+    if cfg.max_bytes and len(raw) > cfg.max_bytes:  # cut at the last line break within the cap
+        cut = raw.rfind(b"\n", 0, cfg.max_bytes + 1)
+        if cut <= 0:  # one long line: cut at the cap, backing off to a character boundary
+            cut = cfg.max_bytes
+            while cut > 0 and raw[cut] & 0xC0 == 0x80:
+                cut -= 1
+        raw = raw[:cut]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"data.path {path} is not UTF-8 text (bad byte at offset {error.start}); "
+                        "convert it, e.g. iconv -t utf-8") from error
+    text = text.replace("\r\n", "\n")
     if not text.strip():
-        raise DataError(f"data.path {cfg.path} is empty (or only whitespace); give a file with text in it")
-    paragraphs = [p for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
-    # blank-line separated paragraphs when the file has them, else one document per line
-    documents = paragraphs if len(paragraphs) > 1 else [line for line in text.splitlines() if line.strip()]
-    return _capped(documents, cfg.max_bytes)
+        raise _empty(path)
+    paragraphs = [p.lstrip("\n").rstrip() for p in _PARAGRAPH_BREAK.split(text)]
+    paragraphs = [p for p in paragraphs if p.strip()]
+    if len(paragraphs) > 1:
+        return _capped(paragraphs, cfg.max_bytes)
+    return _capped(text.splitlines(), cfg.max_bytes)
 
 
 def _jsonl_documents(cfg: DataConfig) -> list[str]:
-    path = _file(cfg)
-    documents = []
+    path, field = _file(cfg), cfg.text_field
 
-    def read():
+    def read() -> Iterator[str]:
+        seen = False
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
+                seen = True
+                where = f"{path} line {number}"
                 try:
-                    value = json.loads(line)[cfg.text_field]
+                    obj = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number} is not valid JSON ({error.msg})") from error
-                except (KeyError, TypeError) as error:
-                    raise DataError(f"{path}:{number} has no field {cfg.text_field!r}; set data.text_field") from error
-                yield str(value)
+                    raise DataError(f"{where} is not valid JSON ({error.msg}); each line must be one JSON "
+                                    f"object with a {field!r} field") from error
+                if not isinstance(obj, dict) or field not in obj:
+                    keys = f" (its fields: {', '.join(map(str, obj))})" if isinstance(obj, dict) else ""
+                    raise DataError(f"{where} has no field {field!r}{keys}; set data.text_field=... to the "
+                                    "field that holds the text")
+                if not isinstance(obj[field], str):
+                    raise DataError(f"{where}: field {field!r} is a {type(obj[field]).__name__}, not a string")
+                yield obj[field]
+        if not seen:
+            raise _empty(path)
 
-    documents = _capped(read(), cfg.max_bytes)
-    if not documents:
-        raise DataError(f"data.path {path} holds no documents in field {cfg.text_field!r}")
-    return documents
+    return _capped(read(), cfg.max_bytes)
 
 
 def _hf_documents(cfg: DataConfig) -> list[str]:
     try:
         import datasets
     except ImportError as error:
-        raise DataError("data.source=hf needs the `datasets` package: pip install 'fewstep[hf]'") from error
+        raise DataError("data.source=hf needs the Hugging Face `datasets` package, which is not installed: "
+                        "pip install 'fewstep[hf]'") from error
     try:
         dataset = datasets.load_dataset(cfg.path, cfg.hf_config, split=cfg.hf_split)
-    except Exception as error:  # network, missing dataset, bad config: all reported the same way
-        raise DataError(f"cannot load Hugging Face dataset {cfg.path!r}: {error}") from error
+    except Exception as error:  # network, unknown dataset, bad config name: all reported the same way
+        raise DataError(f"cannot load Hugging Face dataset {cfg.path!r} (config {cfg.hf_config!r}, split "
+                        f"{cfg.hf_split!r}): {error}") from error
     if cfg.text_field not in dataset.column_names:
-        raise DataError(f"dataset {cfg.path!r} has no field {cfg.text_field!r}; it has {dataset.column_names}")
-    return _capped((row[cfg.text_field] for row in dataset), cfg.max_bytes)
+        raise DataError(f"dataset {cfg.path!r} has no field {cfg.text_field!r}; its fields are "
+                        f"{dataset.column_names}: set data.text_field=...")
+    return _capped((t for t in (row[cfg.text_field] for row in dataset) if isinstance(t, str)), cfg.max_bytes)
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
-    """The documents of a corpus source, capped at `data.max_bytes` (0 = no cap)."""
-    readers = {"stdlib": lambda: _stdlib_documents(cfg.max_bytes), "text": lambda: _text_documents(cfg),
-               "jsonl": lambda: _jsonl_documents(cfg), "hf": lambda: _hf_documents(cfg)}
-    documents = readers[cfg.source]()
+    """The non-blank documents of a corpus source in order, capped at `data.max_bytes` (0 = no cap)."""
+    if cfg.source == "stdlib":
+        documents = _stdlib_documents(cfg.max_bytes)
+    elif cfg.source == "text":
+        documents = _text_documents(cfg)
+    elif cfg.source == "jsonl":
+        documents = _jsonl_documents(cfg)
+    elif cfg.source == "hf":
+        documents = _hf_documents(cfg)
+    else:
+        raise DataError(f"data.source={cfg.source} is not a corpus source (stdlib, text, jsonl, hf)")
     if not documents:
-        raise DataError(f"data.source={cfg.source} gave no documents")
+        raise DataError(f"data.source={cfg.source} left no documents (every one was empty); check data.path "
+                        "and data.text_field")
     return documents
 
 
+# ---------------------------------------------------------------------------------------- splitting
+def _bucket(doc: str) -> float:
+    """A stable position in [0, 1) from the document's text alone."""
+    return int.from_bytes(hashlib.sha1(doc.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
 def split_documents(documents: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Train/validation by a stable hash of each document (at least one of each when possible)."""
-
-    def bucket(doc: str) -> float:
-        return int.from_bytes(hashlib.sha1(doc.encode("utf-8")).digest()[:8], "big") / 2**64
-
-    train = [d for d in documents if bucket(d) >= val_fraction]
-    val = [d for d in documents if bucket(d) < val_fraction]
-    if not val and len(documents) >= 2:
-        lowest = min(train, key=bucket)
-        train.remove(lowest)
-        val.append(lowest)
+    """Train/validation by a hash of each document's text; both non-empty when there are >= 2 distinct ones."""
+    buckets = [_bucket(d) for d in documents]
+    is_val = [b < val_fraction for b in buckets]
+    if len(set(buckets)) >= 2:  # move every copy of the nearest document across, so copies never straddle
+        if not any(is_val):
+            lowest = min(buckets)
+            is_val = [b == lowest for b in buckets]
+        elif all(is_val):
+            highest = max(buckets)
+            is_val = [b != highest for b in buckets]
+    train = [d for d, v in zip(documents, is_val) if not v]
+    val = [d for d, v in zip(documents, is_val) if v]
     return train, val
 
 
-def _wrap(core):
+# ---------------------------------------------------------------------------------------- tokenizer
+def _wrap(core, **specials):
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
-                                   mask_token=MASK_TOKEN)
+    return PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=False, **specials)
 
 
 def train_tokenizer(documents: list[str], vocab_size: int):
-    """A byte-level BPE trained on `documents` (deterministic), with [PAD] [BOS] [EOS] [MASK] first."""
+    """A byte-level BPE trained on `documents` (deterministic), with [PAD] [BOS] [EOS] [MASK] as ids 0-3."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    smallest = 256 + len(SPECIALS)
+    if vocab_size < smallest:
+        raise DataError(f"data.vocab_size={vocab_size} is below the {smallest} that the 256 byte symbols and "
+                        f"{len(SPECIALS)} special tokens need; use data.vocab_size={smallest} or more")
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(documents, trainer=trainer)
-    return _wrap(core)
+    return _wrap(core, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", mask_token=MASK_TOKEN)
 
 
 def load_tokenizer(path: str | Path):
-    """A `tokenizer.json` (or a directory holding one) that has the mask token."""
-    from tokenizers import Tokenizer
-
-    path = Path(path).expanduser()
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise DataError(f"data.tokenizer {path} has no tokenizer.json")
-    core = Tokenizer.from_file(str(file))
-    if core.token_to_id(MASK_TOKEN) is None:
-        raise DataError(f"the tokenizer {file} has no {MASK_TOKEN} token; masked diffusion needs one: add it as a "
-                        "special token (tokenizer.add_special_tokens(['[MASK]'])) and save the tokenizer again")
+    """A `tokenizer.json` (or a directory holding one) as a fast tokenizer; it must have `[MASK]`."""
     from transformers import PreTrainedTokenizerFast
 
-    specials = {name: token for name, token in (("pad_token", "[PAD]"), ("bos_token", "[BOS]"),
-                                                ("eos_token", "[EOS]")) if core.token_to_id(token) is not None}
-    return PreTrainedTokenizerFast(tokenizer_object=core, mask_token=MASK_TOKEN, **specials)
+    given = Path(path).expanduser()
+    file = given / "tokenizer.json" if given.is_dir() else given
+    if not file.is_file():
+        where = f"{given} has no tokenizer.json" if given.is_dir() else f"{given} does not exist"
+        raise DataError(f"data.tokenizer {where}; give a tokenizer.json file or a directory holding one, or "
+                        "leave data.tokenizer unset to train one")
+    try:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(file), clean_up_tokenization_spaces=False)
+    except Exception as error:  # the tokenizers library raises its own exception type
+        raise DataError(f"data.tokenizer {file} is not a tokenizer.json that `tokenizers` can read: {error}") from error
+    vocab = tokenizer.get_vocab()
+    if MASK_TOKEN not in vocab:
+        raise DataError(f"data.tokenizer {file} has no {MASK_TOKEN} token, which masked diffusion needs: add it, "
+                        f"e.g. tok.add_special_tokens(['{MASK_TOKEN}']) with the `tokenizers` library, and save "
+                        "the tokenizer again")
+    specials = {"pad_token": "[PAD]", "bos_token": "[BOS]", "eos_token": "[EOS]", "mask_token": MASK_TOKEN}
+    tokenizer.add_special_tokens({k: v for k, v in specials.items() if v in vocab})  # already in vocab: no new ids
+    return tokenizer
 
 
-def pack(documents: list[str], tokenizer, seq_len: int) -> torch.Tensor:
-    """`[BOS] doc [EOS]` for every document, concatenated and cut into rows of `seq_len` (tail dropped)."""
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+def _vocab_hash(tokenizer) -> str:
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ packing
+def token_stream(documents: list[str], tokenizer) -> torch.Tensor:
+    """All documents as one int64 stream `[BOS] doc [EOS] ...`, tokenised in one batch."""
+    from tokenizers import Tokenizer
+
+    # A private copy: no truncation or padding a saved tokenizer may carry, and text that spells a
+    # special token ("[MASK]" in a docstring) is tokenised as text, so the data never holds a mask id.
+    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    core.no_truncation()
+    core.no_padding()
+    core.encode_special_tokens = True
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
-    for encoding in tokenizer.backend_tokenizer.encode_batch(documents, add_special_tokens=False):
-        stream.extend(([bos] if bos is not None else []) + encoding.ids + ([eos] if eos is not None else []))
-    rows = len(stream) // seq_len
-    return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
+    for encoding in core.encode_batch(documents, add_special_tokens=False):
+        stream += head
+        stream += encoding.ids
+        stream += tail
+    return torch.tensor(stream, dtype=torch.long)
 
 
+def pack(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Non-overlapping rows of exactly `seq_len` tokens from a 1-D stream; the tail is dropped."""
+    rows = stream.numel() // seq_len
+    return stream[: rows * seq_len].reshape(rows, seq_len).clone()
+
+
+# -------------------------------------------------------------------------------------- entry point
 def build_corpus_data(cfg: DataConfig) -> TokenData:
-    """Token data for a corpus source (the `data.build_data` entry point calls this)."""
+    """Token data for a corpus source (`data.build_data` calls this for stdlib, text, jsonl and hf)."""
+    given = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None  # a bad tokenizer fails before any reading
     documents = load_documents(cfg)
     train_docs, val_docs = split_documents(documents, cfg.val_fraction)
     if not train_docs or not val_docs:
-        raise DataError(f"{len(documents)} document(s) cannot be split into training and validation; give more text")
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_tokenizer(train_docs, cfg.vocab_size)
-    train, val = pack(train_docs, tokenizer, cfg.seq_len), pack(val_docs, tokenizer, cfg.seq_len)
+        raise DataError(f"data.source={cfg.source} gave {len(documents)} document(s), {len(set(documents))} "
+                        "distinct: too few for a training and a validation split; give more (different) text")
+    tokenizer = given if given is not None else train_tokenizer(train_docs, cfg.vocab_size)
+    train_stream, val_stream = token_stream(train_docs, tokenizer), token_stream(val_docs, tokenizer)
+    train, val = pack(train_stream, cfg.seq_len), pack(val_stream, cfg.seq_len)
     if len(train) == 0 or len(val) == 0:
-        total = len(train) * cfg.seq_len + len(val) * cfg.seq_len
-        raise DataError(f"too little text: {len(train)} training and {len(val)} validation rows of data.seq_len="
-                        f"{cfg.seq_len} (about {total} tokens packed); give more text or a smaller data.seq_len")
+        fits = min(len(train_stream), len(val_stream))
+        hint = f"a smaller data.seq_len (at most {fits})" if fits >= 2 else "a smaller data.seq_len"
+        raise DataError(
+            f"too little text for one training and one validation sequence of data.seq_len={cfg.seq_len}: the "
+            f"training split has {len(train_stream)} tokens and the validation split {len(val_stream)} tokens "
+            f"({len(train_docs)} + {len(val_docs)} documents); give more text, a larger data.val_fraction, or {hint}"
+        )
     val_bytes = sum(len(d.encode("utf-8")) for d in val_docs)
-    val_tokens = sum(len(e.ids) + 2 for e in tokenizer.backend_tokenizer.encode_batch(val_docs,
-                                                                                     add_special_tokens=False))
-    vocab_hash = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
-    description = {"source": cfg.source, "path": str(Path(cfg.path).resolve()) if cfg.path else None,
-                   "text_field": cfg.text_field, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size,
-                   "max_bytes": cfg.max_bytes, "val_fraction": cfg.val_fraction, "tokenizer": vocab_hash}
-    stats = {"source": cfg.source, "num_documents": len(documents), "num_train_documents": len(train_docs),
-             "num_val_documents": len(val_docs), "corpus_bytes": sum(len(d.encode("utf-8")) for d in documents),
-             "bytes_per_token": val_bytes / max(val_tokens, 1)}
-    return TokenData(train=train, val=val, tokenizer=tokenizer, mask_id=tokenizer.mask_token_id,
-                     fingerprint=fingerprint(description, train, val), stats=stats)
+    if cfg.source == "stdlib":
+        path = str(Path(sysconfig.get_paths()["stdlib"]).resolve())
+    elif cfg.source == "hf":
+        path = cfg.path
+    else:
+        path = str(Path(str(cfg.path)).expanduser().resolve())
+    description = {
+        "source": cfg.source, "path": path, "text_field": cfg.text_field, "seq_len": cfg.seq_len,
+        "vocab_size": cfg.vocab_size, "max_bytes": cfg.max_bytes, "val_fraction": cfg.val_fraction,
+        "tokenizer_vocab_hash": _vocab_hash(tokenizer),
+    }
+    if cfg.source == "hf":
+        description.update(hf_config=cfg.hf_config, hf_split=cfg.hf_split)
+    stats = {
+        "source": cfg.source,
+        "num_documents": len(documents),
+        "num_train_documents": len(train_docs),
+        "num_val_documents": len(val_docs),
+        "corpus_bytes": sum(len(d.encode("utf-8")) for d in documents),
+        "train_tokens": len(train_stream),
+        "val_tokens": len(val_stream),
+        "bytes_per_token": val_bytes / len(val_stream),  # validation bytes per token, specials included
+    }
+    return TokenData(train=train, val=val, tokenizer=tokenizer, mask_id=int(tokenizer.mask_token_id),
+                     fingerprint=fingerprint(description, train, val), stats=stats, task=None)
