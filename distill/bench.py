@@ -162,11 +162,11 @@ def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> li
     front = set(pareto_front(rows, key))
     out = []
     for i, r in enumerate(rows):
-        row = {"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"],
-               key: r["quality"][key], "entropy": r["quality"]["entropy"], "tokens_per_s": r["tokens_per_s"]}
-        for extra in ("invalid_rate", "python_lines_ok"):
-            if extra in r["quality"]:
-                row[extra] = r["quality"][extra]
+        row = {"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"]}
+        for metric in ("exact_nll", "gen_nll", "teacher_nelbo", "entropy", "invalid_rate", "python_lines_ok"):
+            if metric in r["quality"]:
+                row[metric] = r["quality"][metric]
+        row["tokens_per_s"] = r["tokens_per_s"]
         if slowest is not None:
             row["x_teacher"] = r["tokens_per_s"] / slowest["tokens_per_s"]
         if ar is not None:

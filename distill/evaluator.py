@@ -64,7 +64,7 @@ def _gpt2(cfg: EvaluatorModelConfig, vocab_size: int, seq_len: int, bos: int):
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len + 1, n_embd=cfg.hidden_size,
                         n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
-                        bos_token_id=bos, eos_token_id=bos, pad_token_id=bos,
+                        bos_token_id=bos, eos_token_id=bos, pad_token_id=None,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     return GPT2LMHeadModel(config)
 

@@ -135,12 +135,13 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
                                                        "schedule": chosen["schedule"]})
 
     table = summary_rows(rows, reference="teacher")
-    columns = ["model", "steps", metric, "entropy"] + (["invalid_rate"] if metric == "exact_nll" else []) + [
-        "tokens_per_s", "x_teacher", "x_ar", "pareto"]
+    columns = ["model", "steps", metric] + (["gen_nll"] if metric != "gen_nll" and "gen_nll" in table[0] else []) + [
+        "entropy"] + (["invalid_rate"] if metric == "exact_nll" else []) + ["tokens_per_s", "x_teacher", "x_ar",
+                                                                            "pareto"]
     print()
     print(format_table(table, columns))
     print(f"\n{metric}: nats/token ({'under the true chain' if metric == 'exact_nll' else 'under the AR evaluator'}, "
-          "lower is better); entropy: unigram entropy of the samples; x_teacher / x_ar: tokens/s over the teacher "
+          "lower is better); gen_nll: nats/token under the AR evaluator; entropy: unigram entropy of the samples; x_teacher / x_ar: tokens/s over the teacher "
           f"at {reference_steps} steps and over the autoregressive model with a KV cache (same device, same batch); "
           "* = on the Pareto front.")
     print(f"\nchosen for deployment: {chosen['model']} at {chosen['steps']} steps ({metric} "
