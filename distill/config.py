@@ -22,6 +22,7 @@ __all__ = [
     "ModelConfig",
     "DiffusionConfig",
     "OptimConfig",
+    "RuntimeConfig",
     "TrainerConfig",
     "WandbConfig",
     "LoggerConfig",
@@ -152,14 +153,9 @@ class OptimConfig:
 
 
 @dataclass
-class TrainerConfig:
-    """Lightning Trainer settings that a user changes."""
+class RuntimeConfig:
+    """Where and how a run executes; shared by every kind of training run."""
 
-    max_steps: int = 2000
-    max_minutes: float = 0.0  # stop after this much training time (0 = no limit); the LR plan uses max_steps
-    batch_size: int = 64
-    val_every: int = 250  # optimiser steps between validations (and checkpoints)
-    val_batches: int = 8
     precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU
     accelerator: str = "auto"
     devices: str = "auto"
@@ -167,6 +163,17 @@ class TrainerConfig:
     num_workers: int = 0
     log_every: int = 25
     progress: bool = True
+
+
+@dataclass
+class TrainerConfig(RuntimeConfig):
+    """Lightning Trainer settings that a user changes."""
+
+    max_steps: int = 2000
+    max_minutes: float = 0.0  # stop after this much training time (0 = no limit); the LR plan uses max_steps
+    batch_size: int = 64
+    val_every: int = 250  # optimiser steps between validations (and checkpoints)
+    val_batches: int = 8
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -368,18 +375,11 @@ class TrajectoryConfig:
 
 
 @dataclass
-class DistillTrainerConfig:
+class DistillTrainerConfig(RuntimeConfig):
     """Trainer settings for distillation; the length is rounds.count * rounds.steps_per_round."""
 
     batch_size: int = 32
     checkpoint_every: int = 100  # optimiser steps between checkpoints (and at every round's end)
-    precision: str = "auto"
-    accelerator: str = "auto"
-    devices: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 25
-    progress: bool = True
 
 
 @dataclass

@@ -21,6 +21,17 @@ CONFIG_HELP = (
 OVERRIDES_HELP = "config overrides as key=value, e.g. data.seq_len=128 trainer.max_steps=500 out_dir=runs/t"
 
 
+def _add_run_command(commands, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand that runs a config: CONFIG, KEY=VALUE overrides, --resume and --print-config."""
+    command = commands.add_parser(name, help=help, description=description)
+    command.add_argument("config", metavar="CONFIG", help=f"{CONFIG_HELP} (e.g. {example})")
+    command.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    command.add_argument("--resume", action="store_true",
+                         help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
+    command.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewstep",
@@ -33,20 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    teacher = commands.add_parser(
-        "teacher", help="pretrain a masked-diffusion teacher (MDLM objective)",
+    _add_run_command(
+        commands, "teacher", help="pretrain a masked-diffusion teacher (MDLM objective)",
         description="Pretrain a masked-diffusion teacher denoiser with the MDLM NELBO. out_dir receives "
                     "config.yaml, data.json, tokenizer.json, checkpoints/ (last.ckpt, best.ckpt), csv/ and "
                     "wandb/ logs, and a loadable model directory model/.",
-    )
-    teacher.add_argument("config", metavar="CONFIG", help=CONFIG_HELP)
-    teacher.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
-    teacher.add_argument("--resume", action="store_true",
-                         help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
-    teacher.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        example="teacher/markov")
 
-    distill = commands.add_parser(
-        "distill", help="distil a teacher into a few-step student, in rounds (SDTT or trajectory)",
+    _add_run_command(
+        commands, "distill", help="distil a teacher into a few-step student, in rounds (SDTT or trajectory)",
         description="Distil a teacher (a teacher run's out_dir, a model directory or a Hugging Face id, "
                     "teacher.path=...) into a student that samples in fewer steps. method=sdtt: the student "
                     "learns in one step what the teacher does in rounds.k; method=trajectory: the student learns "
@@ -54,22 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "at rounds.start_steps and halves (or shrinks linearly) each round; out_dir receives "
                     "round_<r>/model/ per round, model/ (the final student), rounds.json (validation per round), "
                     "checkpoints/last.ckpt, csv/ and wandb/ logs.",
-    )
-    distill.add_argument("config", metavar="CONFIG", help=CONFIG_HELP + " (e.g. distill/markov)")
-    distill.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
-    distill.add_argument("--resume", action="store_true",
-                         help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
-    distill.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        example="distill/markov")
 
-    evaluator = commands.add_parser(
-        "evaluator", help="train the reference autoregressive model (GPT-2 config) for generative NLL",
+    _add_run_command(
+        commands, "evaluator", help="train the reference autoregressive model (GPT-2 config) for generative NLL",
         description="Train a small GPT-2-config causal LM on a data source. It judges samples (generative NLL "
                     "and perplexity) and, decoding with a KV cache, is the autoregressive speed baseline. out_dir "
                     "receives config.yaml, checkpoints/, summary.json and model/ (a Hugging Face causal LM).",
-    )
-    evaluator.add_argument("config", metavar="CONFIG", help=CONFIG_HELP + " (e.g. evaluator/markov)")
-    evaluator.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
-    evaluator.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/last.ckpt")
+        example="evaluator/markov")
 
     sample = commands.add_parser(
         "sample", help="draw samples from a model directory",
@@ -151,14 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_teacher(args: argparse.Namespace) -> int:
-    from fewstep.distill.config import TeacherRunConfig, load_config
+def _run_config(schema: type, args: argparse.Namespace):
+    """The validated config of a run command; None after printing it for --print-config."""
+    from omegaconf import OmegaConf
 
-    cfg = load_config(TeacherRunConfig, args.config, args.overrides)
+    from fewstep.distill.config import load_config
+
+    cfg = load_config(schema, args.config, args.overrides)
     if args.print_config:
-        from omegaconf import OmegaConf
-
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return None
+    return cfg
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from fewstep.distill.config import TeacherRunConfig
+
+    cfg = _run_config(TeacherRunConfig, args)
+    if cfg is None:
         return 0
     from fewstep.distill.train import train_teacher
     from fewstep.pipeline import print_teacher_summary
@@ -169,13 +177,10 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from fewstep.distill.config import DistillRunConfig, load_config
+    from fewstep.distill.config import DistillRunConfig
 
-    cfg = load_config(DistillRunConfig, args.config, args.overrides)
-    if args.print_config:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    cfg = _run_config(DistillRunConfig, args)
+    if cfg is None:
         return 0
     from fewstep.distill.distill_run import run_distill
     from fewstep.pipeline import print_distill_summary
@@ -185,10 +190,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluator(args: argparse.Namespace) -> int:
-    from fewstep.distill.config import load_config
     from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
 
-    summary = train_evaluator(load_config(EvaluatorRunConfig, args.config, args.overrides), resume=args.resume)
+    cfg = _run_config(EvaluatorRunConfig, args)
+    if cfg is None:
+        return 0
+    summary = train_evaluator(cfg, resume=args.resume)
     print(f"\nevaluator: {summary['parameters']:,} parameters, {summary['steps']} steps, validation NLL "
           f"{summary['val_nll']:.4f} nats/token; model directory: {summary['model_dir']}")
     return 0
