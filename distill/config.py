@@ -29,6 +29,8 @@ __all__ = [
     "TeacherRunConfig",
     "TeacherSourceConfig",
     "StudentConfig",
+    "LoraConfig",
+    "TEACHER_FAMILIES",
     "LossConfig",
     "RoundsConfig",
     "TrajectoryConfig",
@@ -291,12 +293,39 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ distillation
+TEACHER_FAMILIES = ("auto", "fewstep", "masked_lm", "mdlm", "llada", "dream")
+
+
 @dataclass
 class TeacherSourceConfig:
-    """The teacher: a teacher run's out_dir, a model directory, or a Hugging Face id."""
+    """The teacher: a teacher run's out_dir, a model directory, or a Hugging Face id / local HF folder."""
 
     path: str = MISSING
     trust_remote_code: bool = False
+    family: str = "auto"  # auto | fewstep | masked_lm | mdlm | llada | dream: how its outputs map onto a denoiser
+    tokenizer: str | None = None  # a tokenizer id/path when the model repo has none (MDLM-OWT uses gpt2)
+    mask_id: int | None = None  # override the family's mask id (LLaDA 126336, Dream 151666, MDLM vocab-1)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the frozen teacher's weights
+
+    def __post_init__(self) -> None:
+        if self.family not in TEACHER_FAMILIES:
+            raise ConfigError(f"teacher.family={self.family!r} is not one of {', '.join(TEACHER_FAMILIES)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"teacher.dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA student (peft): only low-rank adapters train; the rest stays the teacher's. rank 0 = off."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)  # empty = the family's attention/MLP projections
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError("student.lora.rank must be >= 0 (0 disables LoRA)")
 
 
 @dataclass
@@ -305,6 +334,7 @@ class StudentConfig:
 
     init: str = "teacher"
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         if self.init not in ("teacher", "config"):

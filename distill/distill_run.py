@@ -15,10 +15,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from fewstep.distill.config import DistillRunConfig, TeacherSourceConfig, save_config
 from fewstep.distill.data import build_data, make_loader
-from fewstep.distill.denoiser import Denoiser, ModelError, build_denoiser, check_vocab
+from fewstep.distill.denoiser import ModelError, build_denoiser
 from fewstep.distill.diffusion import make_schedule
 from fewstep.distill.ema import SubmoduleEMA
-from fewstep.distill.model_dir import LoadedModel, load_model_dir
+from fewstep.distill.model_dir import LoadedModel, is_model_dir, load_model_dir
 from fewstep.distill.module import DistillModule
 from fewstep.distill.rounds import RoundCallback
 from fewstep.distill.runtime import (
@@ -45,23 +45,18 @@ class DistillResult:
 
 
 def load_teacher(source: TeacherSourceConfig) -> LoadedModel:
-    """A teacher run's out_dir or a model directory; else a Hugging Face id (AutoModelForMaskedLM)."""
+    """A teacher run's out_dir or a fewstep model directory; else a Hugging Face model (see `adapters`)."""
     path = Path(source.path)
-    if path.exists():
+    if source.family in ("auto", "fewstep") and path.exists() and is_model_dir(path):
         return load_model_dir(path)
-    if source.path.startswith((".", "/", "~")) or source.path.count("/") != 1:
+    if source.family == "fewstep":
+        raise ModelError(f"teacher.path={source.path!r} is not a fewstep model directory (teacher.family=fewstep)")
+    if not path.exists() and (source.path.startswith((".", "/", "~")) or source.path.count("/") != 1):
         raise ModelError(f"teacher.path={source.path!r} does not exist (give a teacher run's out_dir, a model "
                          "directory, or a Hugging Face id like org/name)")
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from fewstep.distill.adapters import load_hf_teacher
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
-        backbone = AutoModelForMaskedLM.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
-    except OSError as error:
-        raise ModelError(f"cannot load teacher {source.path!r} from the hub: {str(error).splitlines()[0]}") from error
-    check_vocab(backbone.config.vocab_size, tokenizer, tokenizer.mask_token_id)
-    denoiser = Denoiser(backbone, tokenizer.mask_token_id, len(tokenizer))
-    return LoadedModel(denoiser.eval(), tokenizer, {"noise_schedule": "loglinear", "source": source.path})
+    return load_hf_teacher(source)
 
 
 def _data_config(cfg: DistillRunConfig, teacher: LoadedModel):
@@ -88,7 +83,8 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
     ckpt_path = prepare_out_dir(out_dir, cfg, resume, sections=RESUME_SECTIONS)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     teacher = load_teacher(cfg.teacher)
-    data = build_data(_data_config(cfg, teacher), out_dir)
+    # a Hugging Face teacher brings its own tokenizer; a fewstep teacher's is found by path (_data_config)
+    data = build_data(_data_config(cfg, teacher), out_dir, tokenizer=None if teacher.path else teacher.tokenizer)
     _check_fit(teacher, data)
     save_config(cfg, out_dir / "config.yaml")
 
@@ -99,6 +95,10 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
     else:
         student = build_denoiser(cfg.student.model, data.tokenizer, data.mask_id, data.train.shape[1])
     student.requires_grad_(True)
+    if cfg.student.lora.rank > 0:
+        from fewstep.distill.adapters import apply_lora
+
+        student = apply_lora(student, cfg.student.lora)
     original = copy.deepcopy(teacher.denoiser).eval()
 
     train_tokens = data.train

@@ -18,7 +18,7 @@ import fewstep
 from fewstep.distill.denoiser import Denoiser, ModelError, check_vocab
 from fewstep.distill.io import atomic_replace_dir
 
-__all__ = ["FORMAT", "LoadedModel", "save_model_dir", "load_model_dir", "resolve_model_dir"]
+__all__ = ["is_model_dir", "FORMAT", "LoadedModel", "save_model_dir", "load_model_dir", "resolve_model_dir"]
 
 FORMAT = "fewstep-denoiser/1"
 META_FILE = "fewstep.json"
@@ -58,6 +58,12 @@ def save_model_dir(denoiser: Denoiser, tokenizer: Any, path: str | Path, meta: d
     path = Path(path)
     atomic_replace_dir(path, fill)
     return path
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Whether `path` is a fewstep model directory or a run directory holding one at `model/`."""
+    path = Path(path)
+    return (path / META_FILE).is_file() or (path / "model" / META_FILE).is_file()
 
 
 def resolve_model_dir(path: str | Path) -> Path:
