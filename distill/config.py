@@ -165,6 +165,21 @@ class RuntimeConfig:
     num_workers: int = 0
     log_every: int = 25
     progress: bool = True
+    strategy: str = "auto"  # auto | ddp | fsdp: data parallel or sharded (see configs/cluster/)
+    num_nodes: int = 1
+    checkpoint_every: int = 100  # optimiser steps between writes of checkpoints/last.ckpt
+    requeue: bool = True  # under SLURM, SIGUSR1 saves a checkpoint and requeues the job
+    compile: bool = False  # torch.compile the trained backbone
+    activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.num_nodes < 1 or self.checkpoint_every < 1:
+            raise ConfigError("trainer.num_nodes and trainer.checkpoint_every must be at least 1")
+
+
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
@@ -173,11 +188,12 @@ class TrainerConfig(RuntimeConfig):
 
     max_steps: int = 2000
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit); the LR plan uses max_steps
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch, shared out over data-parallel processes
     val_every: int = 250  # optimiser steps between validations (and checkpoints)
     val_batches: int = 8
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_steps < 1:
             raise ConfigError("trainer.max_steps must be at least 1")
         if self.batch_size < 1:
@@ -408,8 +424,7 @@ class TrajectoryConfig:
 class DistillTrainerConfig(RuntimeConfig):
     """Trainer settings for distillation; the length is rounds.count * rounds.steps_per_round."""
 
-    batch_size: int = 32
-    checkpoint_every: int = 100  # optimiser steps between checkpoints (and at every round's end)
+    batch_size: int = 32  # the global batch, shared out over data-parallel processes
 
 
 @dataclass

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fewstep.distill.noise import BatchNoise, NoiseSource, uniform
+
 __all__ = [
     "NoiseSchedule",
     "LogLinearSchedule",
@@ -97,25 +99,28 @@ def make_schedule(name: str, eps: float = 1e-3) -> NoiseSchedule:
     return _SCHEDULES[name](eps)
 
 
-def sample_t(batch: int, antithetic: bool = True, t_min: float = 1e-3,
-             generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_t(batch: int, antithetic: bool = True, t_min: float = 1e-3, generator: NoiseSource = None,
+             device: torch.device | str = "cpu") -> torch.Tensor:
     """Diffusion times in [t_min, 1]; antithetic = one uniform offset, evenly spaced over the batch.
 
-    The evenly spaced (low-discrepancy) draw keeps E[t] exact and cuts the loss variance.
+    The evenly spaced (low-discrepancy) draw keeps E[t] exact and cuts the loss variance. With a
+    `BatchNoise` the spacing runs over the global batch, shared by every process.
     """
-    noise_device = generator.device if generator is not None else "cpu"
-    u = torch.rand(1 if antithetic else batch, generator=generator, device=noise_device, dtype=torch.float64)
-    if antithetic:
-        u = (u + torch.arange(batch, dtype=torch.float64, device=noise_device) / batch) % 1.0
+    if isinstance(generator, BatchNoise):
+        u = generator.antithetic() if antithetic else generator.rand((batch,))
+    else:
+        noise_device = generator.device if generator is not None else "cpu"
+        u = torch.rand(1 if antithetic else batch, generator=generator, device=noise_device, dtype=torch.float64)
+        if antithetic:
+            u = (u + torch.arange(batch, dtype=torch.float64, device=noise_device) / batch) % 1.0
     return (t_min + (1.0 - t_min) * u).to(device=device, dtype=torch.float32)
 
 
 def forward_process(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: NoiseSource = None) -> torch.Tensor:
     """z_t: each token independently replaced by the mask with probability 1 - alpha(t)."""
     keep = schedule.alpha(t.to(torch.float64)).unsqueeze(-1)
-    noise_device = generator.device if generator is not None else x0.device
-    u = torch.rand(x0.shape, generator=generator, device=noise_device, dtype=torch.float64).to(x0.device)
+    u = uniform(x0.shape, generator, x0.device)
     return torch.where(u < keep.to(x0.device), x0, torch.full_like(x0, mask_id))
 
 

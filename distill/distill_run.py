@@ -14,19 +14,21 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from fewstep.distill.config import DistillRunConfig, TeacherSourceConfig, save_config
-from fewstep.distill.data import build_data, make_loader
+from fewstep.distill.data import build_data
 from fewstep.distill.denoiser import ModelError, build_denoiser
 from fewstep.distill.diffusion import make_schedule
 from fewstep.distill.ema import SubmoduleEMA
+from fewstep.distill.loader import train_loader
 from fewstep.distill.model_dir import LoadedModel, is_model_dir, load_model_dir
 from fewstep.distill.module import DistillModule
+from fewstep.distill.preemption import Preempted, PreemptionCheckpoint
 from fewstep.distill.rounds import RoundCallback
 from fewstep.distill.runtime import (
-    AtomicCheckpointIO,
+    cluster_trainer_args,
     finish_loggers,
     make_loggers,
+    prepare_backbone,
     prepare_out_dir,
-    resolve_precision,
 )
 from fewstep.distill.trajectory import ensure_trajectories
 
@@ -42,6 +44,7 @@ class DistillResult:
     rounds: list[dict[str, Any]]
     train_seconds: float
     steps: int
+    is_global_zero: bool = True  # False in the other processes of a data-parallel run
 
 
 def load_teacher(source: TeacherSourceConfig) -> LoadedModel:
@@ -120,30 +123,32 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
     ema = SubmoduleEMA("student", cfg.optim.ema) if cfg.optim.ema > 0 else None
     rounds = RoundCallback(cfg, data, original, meta, ema)
     total = cfg.rounds.count * cfg.rounds.steps_per_round
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step-{step}", save_top_k=0,
-                                 save_last=True, every_n_train_steps=min(cfg.trainer.checkpoint_every,
-                                                                         cfg.rounds.steps_per_round))
+    checkpoints = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="step-{step}", save_top_k=0, save_last=True,
+                                 every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.rounds.steps_per_round))
+    preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
+    loader, position = train_loader(train_tokens, cfg.trainer.batch_size, seed=cfg.trainer.seed,
+                                    num_workers=cfg.trainer.num_workers)
+    prepare_backbone(student, cfg.trainer)
     trainer = L.Trainer(
         max_steps=total,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.optim.grad_clip or None,
         limit_val_batches=0,
         log_every_n_steps=cfg.trainer.log_every,
         enable_progress_bar=cfg.trainer.progress,
         enable_model_summary=False,
         logger=make_loggers(cfg.logger, out_dir, "distill", cfg),
-        callbacks=[*([ema] if ema else []), rounds, checkpoint, *(callbacks or [])],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[*([ema] if ema else []), rounds, checkpoint, preemption, position, *(callbacks or [])],
         default_root_dir=str(out_dir),
+        **cluster_trainer_args(cfg.trainer, module),
     )
-    loader = make_loader(train_tokens, cfg.trainer.batch_size, shuffle=True, seed=cfg.trainer.seed,
-                         num_workers=cfg.trainer.num_workers)
     start = time.perf_counter()
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen teacher, on purpose
     trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.perf_counter() - start
     finish_loggers(trainer)
+    if preemption.stopped_by:
+        raise Preempted(f"{preemption.stopped_by} at step {trainer.global_step} (round {module.round_index}): "
+                        f"checkpoint saved in {checkpoints}; continue with the same command and --resume")
     return DistillResult(out_dir=out_dir, model_dir=out_dir / "model", rounds=rounds.history,
-                         train_seconds=elapsed, steps=trainer.global_step)
+                         train_seconds=elapsed, steps=trainer.global_step, is_global_zero=trainer.is_global_zero)

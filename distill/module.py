@@ -17,6 +17,7 @@ from fewstep.distill.config import LossConfig, OptimConfig, RoundsConfig, Trajec
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process
 from fewstep.distill.losses import divergence
+from fewstep.distill.noise import BatchNoise, NoiseSource, step_noise
 from fewstep.distill.targets import ancestral_reveal, sdtt_target, student_times
 from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
 from fewstep.distill.trajectory import trajectory_loss
@@ -74,11 +75,25 @@ class DistillModule(L.LightningModule):
         return self.rounds.steps_for(self.round_index)
 
     # ------------------------------------------------------------------ training
-    def _generator(self) -> torch.Generator:
-        # a stream per optimiser step: a resumed run draws the same noise as an uninterrupted one
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
+    def _noise(self, batch: torch.Tensor) -> BatchNoise:
+        # fixed by (seed, step, position in the global batch): a resumed run draws the same noise as an
+        # uninterrupted one, and N processes draw what one process draws for the whole batch
+        return step_noise(self.seed, self.global_step, batch.shape[0], self.global_rank, self.trainer.world_size,
+                          batch.device)
 
-    def sdtt_loss(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _global_mean(self, mean: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Turn this process's mean over `count` rows into its share of the mean over every process's rows.
+
+        Data-parallel training averages gradients over processes; scaling by world * count / total
+        makes that average the gradient of the global mean, as one process with the whole batch has.
+        """
+        world = self.trainer.world_size
+        if world == 1:
+            return mean
+        total = self.trainer.strategy.reduce(count.detach().float(), reduce_op="sum")
+        return mean * (world * count / total.clamp_min(1.0))
+
+    def sdtt_loss(self, x0: torch.Tensor, generator: NoiseSource) -> torch.Tensor:
         steps, k = self.student_steps, self.rounds.k
         t = student_times(x0.shape[0], steps, generator=generator, device=x0.device)
         z = forward_process(x0, t, self.schedule, self.mask_id, generator=generator)
@@ -87,10 +102,11 @@ class DistillModule(L.LightningModule):
         logits = self.student(z, t.float())
         masked = z == self.mask_id
         dtype = torch.float64 if self.loss_cfg.dtype == "float64" else torch.float32
-        return divergence(self.loss_cfg.divergence, target[masked], logits[masked], dtype)
+        loss = divergence(self.loss_cfg.divergence, target[masked], logits[masked], dtype)
+        return self._global_mean(loss, masked.sum())
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        generator = self._generator()
+        generator = self._noise(batch)
         if self.method == "sdtt":
             loss = self.sdtt_loss(batch, generator)
             parts = {}
@@ -102,7 +118,7 @@ class DistillModule(L.LightningModule):
                 f"the distillation loss is {loss.item()} at step {self.global_step}; the last good checkpoint is "
                 "kept. Lower optim.lr, use loss.dtype=float64, or keep optim.grad_clip on."
             )
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/student_steps", float(self.student_steps))
         for name, value in parts.items():
             self.log(f"train/{name}", value)

@@ -54,7 +54,10 @@ class RoundCallback(L.Callback):
         if finished == 0:
             return
         last = min(finished, self.cfg.rounds.count) - 1
-        if not round_dir(self.out_dir, last).exists():  # stopped between the checkpoint and the export
+        exported = round_dir(self.out_dir, last).exists()
+        if trainer.world_size > 1:  # every process must take the same branch
+            exported = bool(trainer.strategy.broadcast(exported, src=0))
+        if not exported:  # stopped between the checkpoint and the export
             self.finish_round(trainer, module, last)
         elif last < self.cfg.rounds.count - 1:
             loaded = load_model_dir(round_dir(self.out_dir, last), device=module.device)
@@ -79,8 +82,10 @@ class RoundCallback(L.Callback):
         student.load_state_dict({k: v.cpu() for k, v in weights.items()})
         meta = {**self.meta, "round": index, "steps": steps, "method": self.cfg.method,
                 "divergence": self.cfg.loss.divergence, "global_step": trainer.global_step}
-        save_model_dir(student, self.data.tokenizer, round_dir(self.out_dir, index), meta)
-        if self.cfg.eval.enabled:
+        writer = trainer.is_global_zero  # one process writes and validates; every process swaps teachers
+        if writer:
+            save_model_dir(student, self.data.tokenizer, round_dir(self.out_dir, index), meta)
+        if self.cfg.eval.enabled and writer:
             record = {"round": index, "steps": steps, "global_step": trainer.global_step,
                       **self.validate(student, module.teacher, steps, module.device)}
             self.history = [h for h in self.history if h["round"] != index] + [record]
@@ -96,7 +101,7 @@ class RoundCallback(L.Callback):
             if rounds.reset_optimizer:
                 for optimizer in trainer.optimizers:
                     optimizer.state.clear()
-        else:
+        elif writer:
             save_model_dir(student, self.data.tokenizer, self.out_dir / "model", meta)
 
     def _log_tradeoff(self, trainer: L.Trainer) -> None:

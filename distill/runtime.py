@@ -10,11 +10,11 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
-from fewstep.distill.config import LoggerConfig
+from fewstep.distill.config import LoggerConfig, RuntimeConfig
 from fewstep.distill.io import atomic_save
 
 __all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "make_loggers", "finish_loggers",
-           "resolve_precision", "wandb_mode"]
+           "resolve_precision", "wandb_mode", "cluster_trainer_args", "prepare_backbone"]
 
 
 class RunError(RuntimeError):
@@ -104,3 +104,57 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _layer_classes(model: torch.nn.Module) -> set[type[torch.nn.Module]]:
+    """The transformer block classes of a Hugging Face backbone (its `_no_split_modules`)."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+def cluster_trainer_args(cfg: RuntimeConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """Trainer arguments for `cfg.strategy` on `cfg.num_nodes` nodes, with atomic checkpoints.
+
+    Data is shared out by fewstep's own samplers (`loader.py`), so Lightning's distributed sampler is
+    off. FSDP shards each transformer block of `model` (the frozen teacher's too, which it never
+    optimises) and can recompute them in the backward pass.
+    """
+    from fewstep.distill.preemption import slurm_plugins
+
+    strategy: Any = cfg.strategy
+    if cfg.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    elif cfg.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        layers = _layer_classes(model)
+        if not layers:
+            raise RunError("trainer.strategy=fsdp: the backbone declares no transformer block classes "
+                           "(_no_split_modules) to shard; use trainer.strategy=ddp")
+        strategy = FSDPStrategy(auto_wrap_policy=layers, sharding_strategy="FULL_SHARD", state_dict_type="full",
+                                activation_checkpointing_policy=layers if cfg.activation_checkpointing else None,
+                                use_orig_params=True)
+    return {
+        "strategy": strategy,
+        "num_nodes": cfg.num_nodes,
+        "accelerator": cfg.accelerator,
+        "devices": cfg.devices,
+        "precision": resolve_precision(cfg.precision, cfg.accelerator),
+        "plugins": [AtomicCheckpointIO(), *slurm_plugins()],
+        "use_distributed_sampler": False,
+    }
+
+
+def prepare_backbone(model: torch.nn.Module, cfg: RuntimeConfig) -> None:
+    """Activation checkpointing (outside FSDP, which does its own) and `torch.compile`, in place."""
+    backbone = getattr(model, "backbone", model)
+    if cfg.activation_checkpointing and cfg.strategy != "fsdp":
+        if not hasattr(backbone, "gradient_checkpointing_enable"):
+            raise RunError("trainer.activation_checkpointing: this backbone does not support gradient checkpointing")
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        backbone.compile()  # in place: parameter names and checkpoints stay as they are

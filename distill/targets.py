@@ -14,38 +14,41 @@ import torch
 from torch import nn
 
 from fewstep.distill.diffusion import NoiseSchedule, subs_log_probs
+from fewstep.distill.noise import BatchNoise, NoiseSource, uniform
 from fewstep.samplers.ancestral import gumbel_argmax
 
 __all__ = ["RevealFn", "ancestral_reveal", "sdtt_target", "student_times"]
 
 # (masked [B, L] bool, step index j, t, s, generator) -> which masked positions to reveal at step j
-RevealFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Generator | None], torch.Tensor]
+RevealFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor, NoiseSource], torch.Tensor]
 
 
 def ancestral_reveal(schedule: NoiseSchedule) -> RevealFn:
     """MDLM's rule: reveal each masked token with probability (alpha(s) - alpha(t)) / (1 - alpha(t))."""
 
     def reveal(masked: torch.Tensor, step: int, t: torch.Tensor, s: torch.Tensor,
-               generator: torch.Generator | None) -> torch.Tensor:
+               generator: NoiseSource) -> torch.Tensor:
         p = schedule.reveal_probability(t.to(torch.float64), s.to(torch.float64)).unsqueeze(-1)
-        u = torch.rand(masked.shape, generator=generator, dtype=torch.float64,
-                       device=generator.device if generator is not None else masked.device).to(masked.device)
+        u = uniform(masked.shape, generator, masked.device)
         return masked & (u < p.to(masked.device))
 
     return reveal
 
 
-def student_times(batch: int, student_steps: int, generator: torch.Generator | None = None,
+def student_times(batch: int, student_steps: int, generator: NoiseSource = None,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Times on the student's grid {1/N, 2/N, ..., 1}: where a student step of size 1/N starts."""
-    noise_device = generator.device if generator is not None else device
-    index = torch.randint(1, student_steps + 1, (batch,), generator=generator, device=noise_device)
+    if isinstance(generator, BatchNoise):
+        index = (generator.rand((batch,)) * student_steps).long().clamp_max(student_steps - 1) + 1
+    else:
+        noise_device = generator.device if generator is not None else device
+        index = torch.randint(1, student_steps + 1, (batch,), generator=generator, device=noise_device)
     return (index.to(torch.float64) / student_steps).to(device)
 
 
 @torch.no_grad()
 def sdtt_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, dt: float, k: int, mask_id: int,
-                reveal: RevealFn, generator: torch.Generator | None = None,
+                reveal: RevealFn, generator: NoiseSource = None,
                 temperature: float = 1.0) -> torch.Tensor:
     """Target log-probabilities [B, L, V] for the student at z_t; only positions masked in `z` matter.
 

@@ -10,6 +10,7 @@ import torch
 from fewstep.distill.config import OptimConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
+from fewstep.distill.noise import NoiseSource, step_noise
 
 __all__ = ["TeacherModule", "NonFiniteLossError", "warmup_cosine"]
 
@@ -40,7 +41,8 @@ class TeacherModule(L.LightningModule):
     """
 
     def __init__(self, denoiser: Denoiser, schedule: NoiseSchedule, optim: OptimConfig, max_steps: int,
-                 antithetic: bool = True, data_entropy: float | None = None, val_seed: int = 1234) -> None:
+                 antithetic: bool = True, data_entropy: float | None = None, val_seed: int = 1234,
+                 seed: int = 0) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.schedule = schedule
@@ -49,8 +51,9 @@ class TeacherModule(L.LightningModule):
         self.antithetic = antithetic
         self.data_entropy = data_entropy
         self.val_seed = val_seed
+        self.seed = seed
 
-    def nelbo(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def nelbo(self, x0: torch.Tensor, generator: NoiseSource = None) -> torch.Tensor:
         """Mean NELBO per token (nats) of a batch, one t per sequence."""
         t = sample_t(x0.shape[0], self.antithetic, generator=generator, device=x0.device)
         z = forward_process(x0, t, self.schedule, self.denoiser.mask_id, generator=generator)
@@ -58,21 +61,24 @@ class TeacherModule(L.LightningModule):
         return nelbo_per_position(logits, x0, z, t, self.schedule, self.denoiser.mask_id).mean()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.nelbo(batch)
+        # noise fixed by (seed, step, position in the global batch): resumed and data-parallel runs
+        # draw exactly what an uninterrupted single-process run draws
+        noise = step_noise(self.seed, self.global_step, batch.shape[0], self.global_rank, self.trainer.world_size,
+                           batch.device)
+        loss = self.nelbo(batch, generator=noise)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.global_step}; the last good checkpoint is kept. "
                 "Lower optim.lr, keep optim.grad_clip on, or use trainer.precision=32-true."
             )
-        self.log("train/nelbo", loss, prog_bar=True)
+        self.log("train/nelbo", loss, prog_bar=True, sync_dist=True)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        # the same masks and times at every validation, so curves are comparable across steps
-        self._val_generator = torch.Generator().manual_seed(self.val_seed)
-
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        loss = self.nelbo(batch, generator=self._val_generator)
+        # the same masks and times at every validation, so curves are comparable across steps
+        noise = step_noise(self.val_seed, batch_idx, batch.shape[0], self.global_rank, self.trainer.world_size,
+                           batch.device)
+        loss = self.nelbo(batch, generator=noise)
         self.log("val/nelbo", loss, prog_bar=True, sync_dist=True)
         if self.data_entropy:
             self.log("val/gap", loss / self.data_entropy - 1.0, sync_dist=True)

@@ -13,18 +13,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 
+from fewstep.distill import loader
 from fewstep.distill.config import TeacherRunConfig, save_config
-from fewstep.distill.data import TokenData, build_data, make_loader
+from fewstep.distill.data import TokenData, build_data
 from fewstep.distill.denoiser import build_denoiser
 from fewstep.distill.diffusion import make_schedule
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import save_model_dir
+from fewstep.distill.preemption import Preempted, PreemptionCheckpoint
 from fewstep.distill.runtime import (
-    AtomicCheckpointIO,
+    cluster_trainer_args,
     finish_loggers,
     make_loggers,
+    prepare_backbone,
     prepare_out_dir,
-    resolve_precision,
 )
 from fewstep.distill.teacher import TeacherModule
 
@@ -41,6 +43,7 @@ class TeacherResult:
     train_seconds: float
     data: dict[str, Any]
     num_parameters: int
+    is_global_zero: bool = True  # False in the other processes of a data-parallel run
 
 
 def model_meta(data: TokenData, cfg: TeacherRunConfig) -> dict[str, Any]:
@@ -72,18 +75,24 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
         max_steps=cfg.trainer.max_steps,
         antithetic=cfg.diffusion.antithetic,
         data_entropy=data.stats.get("data_entropy_per_token"),
+        seed=cfg.trainer.seed,
     )
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/nelbo", mode="min",
-                                 save_top_k=1, save_last=True, enable_version_counter=False)
-    all_callbacks: list[Callback] = [checkpoint, *(callbacks or [])]
+    checkpoints = out_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/nelbo", mode="min", save_top_k=1,
+                           save_last=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True,
+                           every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.trainer.max_steps))
+    preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
+    train_loader, position = loader.train_loader(data.train, cfg.trainer.batch_size, seed=cfg.trainer.seed,
+                                                 num_workers=cfg.trainer.num_workers)
+    val_loader, val_process = loader.eval_loader(data.val, cfg.trainer.batch_size, num_workers=cfg.trainer.num_workers)
+    all_callbacks: list[Callback] = [best, last, preemption, position, val_process, *(callbacks or [])]
     if cfg.optim.ema > 0:
         all_callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema))
+    prepare_backbone(denoiser, cfg.trainer)
     trainer = L.Trainer(
         max_steps=cfg.trainer.max_steps,
         max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes > 0 else None,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=min(cfg.trainer.val_every, cfg.trainer.max_steps),
         check_val_every_n_epoch=None,
@@ -94,20 +103,23 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
         num_sanity_val_steps=0,
         logger=make_loggers(cfg.logger, out_dir, "teacher", cfg),
         callbacks=all_callbacks,
-        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out_dir),
+        **cluster_trainer_args(cfg.trainer, denoiser),
     )
-    train_loader = make_loader(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.trainer.seed,
-                               num_workers=cfg.trainer.num_workers)
-    val_loader = make_loader(data.val, cfg.trainer.batch_size, shuffle=False, num_workers=cfg.trainer.num_workers)
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.perf_counter() - start
+    if preemption.stopped_by:
+        finish_loggers(trainer)
+        raise Preempted(f"{preemption.stopped_by} at step {trainer.global_step}: checkpoint saved in {checkpoints}; "
+                        f"continue with the same command and --resume")
     if trainer.global_step % cfg.trainer.val_every:  # stopped between validations (max_steps or max_minutes)
         trainer.validate(module, val_loader, verbose=False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    model_dir = save_model_dir(denoiser.cpu(), data.tokenizer, out_dir / "model", model_meta(data, cfg))
+    model_dir = out_dir / "model"
+    if trainer.is_global_zero:
+        save_model_dir(denoiser.cpu(), data.tokenizer, model_dir, model_meta(data, cfg))
     finish_loggers(trainer)
     return TeacherResult(
         out_dir=out_dir,
@@ -118,5 +130,6 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
         train_seconds=elapsed,
         data=data.describe(),
         num_parameters=denoiser.num_parameters(),
+        is_global_zero=trainer.is_global_zero,
     )
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, sample_t
 from fewstep.distill.io import atomic_save
+from fewstep.distill.noise import NoiseSource
 from fewstep.samplers.ancestral import ancestral_sample
 
 __all__ = ["ensure_trajectories", "trajectory_loss"]
@@ -56,7 +57,7 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
 
 
 def trajectory_loss(student: nn.Module, x_hat: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
-                    entropy_weight: float, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    entropy_weight: float, generator: NoiseSource) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy to the teacher's tokens under a mask and its complement, plus certainty forcing."""
     t = sample_t(x_hat.shape[0], antithetic=True, generator=generator, device=x_hat.device)
     first = forward_process(x_hat, t, schedule, mask_id, generator=generator)

@@ -1,7 +1,8 @@
 """The `fewstep` command line: one subcommand per stage of the pipeline.
 
 Every subcommand reports bad input as one `error: ...` line saying what to fix, and exits with
-status 2 (1 for a failure during a run, such as a NaN loss), without touching good outputs.
+status 2 (1 for a failure during a run, such as a NaN loss), without touching good outputs. A run
+stopped by SIGTERM or SIGUSR1 saves its checkpoint first and exits with status 3.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     from fewstep.pipeline import print_teacher_summary
 
     result = train_teacher(cfg, resume=args.resume)
-    print_teacher_summary(result, cfg)
+    if result.is_global_zero:  # in a data-parallel run, one process reports
+        print_teacher_summary(result, cfg)
     return 0
 
 
@@ -185,7 +187,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from fewstep.distill.distill_run import run_distill
     from fewstep.pipeline import print_distill_summary
 
-    print_distill_summary(run_distill(cfg, resume=args.resume))
+    result = run_distill(cfg, resume=args.resume)
+    if result.is_global_zero:
+        print_distill_summary(result)
     return 0
 
 
@@ -317,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     from fewstep.distill.config import ConfigError
     from fewstep.distill.data import DataError
     from fewstep.distill.denoiser import ModelError
+    from fewstep.distill.preemption import Preempted
     from fewstep.distill.runtime import RunError
     from fewstep.distill.teacher import NonFiniteLossError
 
@@ -328,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Preempted as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return Preempted.exit_code
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

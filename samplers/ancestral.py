@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fewstep.distill.diffusion import NoiseSchedule, make_schedule
+from fewstep.distill.noise import NoiseSource, uniform
 
 __all__ = ["SampleOutput", "ancestral_sample", "gumbel_argmax"]
 
@@ -40,12 +41,12 @@ class SampleOutput:
         return self.tokens.shape[1] / max(self.nfe_per_sequence, 1e-9)
 
 
-def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
+def gumbel_argmax(logits: torch.Tensor, generator: NoiseSource, temperature: float = 1.0) -> torch.Tensor:
     """Sample from softmax(logits / T) with float64 Gumbel noise; T = 0 is argmax."""
     logits = logits.to(torch.float64)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
+    u = uniform(logits.shape, generator, logits.device)
     gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
     return (logits / temperature + gumbel).argmax(dim=-1)
 

@@ -68,7 +68,7 @@ class FirstStep(L.Callback):
 
 def test_stopped_run_resumes_from_last_checkpoint_and_finishes(tmp_path):
     out = tmp_path / "run"
-    cfg = cfg_for(out, "trainer.max_steps=8", "trainer.val_every=2", "logger.wandb.mode=disabled")
+    cfg = cfg_for(out, "trainer.max_steps=8", "trainer.val_every=2", "trainer.checkpoint_every=2", "logger.wandb.mode=disabled")
     with pytest.raises(Crash):
         train_teacher(cfg, callbacks=[StopAt(5)])
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
@@ -108,7 +108,7 @@ class PoisonAt(L.Callback):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    cfg = cfg_for(out, "trainer.max_steps=10", "trainer.val_every=2", "logger.wandb.mode=disabled",
+    cfg = cfg_for(out, "trainer.max_steps=10", "trainer.val_every=2", "trainer.checkpoint_every=2", "logger.wandb.mode=disabled",
                   "optim.ema=0")
     with pytest.raises(NonFiniteLossError, match="last good checkpoint is kept"):
         train_teacher(cfg, callbacks=[PoisonAt(3)])

@@ -1,0 +1,112 @@
+"""Training batches that survive restarts and are shared out over data-parallel processes.
+
+`trainer.batch_size` is the *global* batch: with N processes each takes its N-th of every batch,
+so a run's numbers do not depend on how many devices it has. The order of examples is a seeded
+permutation per epoch, and the position in it follows the optimiser step: a run resumed from a
+checkpoint continues exactly where the interrupted one stopped (Lightning by itself restarts the
+epoch's data from the beginning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from fewstep.distill.data import DataError, TokenDataset
+
+__all__ = ["GlobalBatchSampler", "DataPosition", "train_loader", "eval_loader"]
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This process's share of each global batch of a seeded per-epoch permutation (drop-last)."""
+
+    def __init__(self, num_examples: int, global_batch: int, seed: int = 0, shuffle: bool = True) -> None:
+        if num_examples < global_batch:
+            raise DataError(f"{num_examples} examples cannot fill one batch of {global_batch}; lower "
+                            "trainer.batch_size or give more data")
+        self.num_examples, self.global_batch, self.seed, self.shuffle = num_examples, global_batch, seed, shuffle
+        self.rank, self.world_size = 0, 1
+        self.start_batch = 0  # global batches already consumed (the optimiser step at the last iter())
+
+    def set_process(self, rank: int, world_size: int) -> None:
+        if self.global_batch % world_size:
+            raise DataError(f"trainer.batch_size={self.global_batch} (the global batch) does not divide over "
+                            f"{world_size} processes; use a multiple of {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.num_examples // self.global_batch
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_examples)
+        return torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = divmod(self.start_batch, len(self))
+        order = self._order(epoch)
+        share = self.global_batch // self.world_size
+        for batch in range(offset, len(self)):
+            first = batch * self.global_batch + self.rank * share
+            yield order[first:first + share].tolist()
+
+
+class DataPosition(L.Callback):
+    """Point the training sampler at the current optimiser step whenever an epoch's data starts."""
+
+    def __init__(self, sampler: GlobalBatchSampler) -> None:
+        self.sampler = sampler
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.sampler.set_process(trainer.global_rank, trainer.world_size)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # one optimiser step per batch (no gradient accumulation): the step is the batch position
+        self.sampler.start_batch = trainer.global_step
+
+
+def train_loader(tokens: torch.Tensor, global_batch: int, seed: int = 0,
+                 num_workers: int = 0) -> tuple[DataLoader, DataPosition]:
+    """A shuffled, resumable, rank-sharded loader and the callback that keeps it in place."""
+    sampler = GlobalBatchSampler(len(tokens), global_batch, seed)
+    loader = DataLoader(TokenDataset(tokens), batch_sampler=sampler, num_workers=num_workers)
+    return loader, DataPosition(sampler)
+
+
+class _ShardedEval(Sampler[list[int]]):
+    """In-order batches for evaluation, each process taking an equal share of every batch."""
+
+    def __init__(self, num_examples: int, global_batch: int) -> None:
+        self.num_examples, self.global_batch = num_examples, global_batch
+        self.rank, self.world_size = 0, 1
+
+    def __len__(self) -> int:
+        return max(1, self.num_examples // self.global_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.global_batch // self.world_size
+        for batch in range(len(self)):
+            first = batch * self.global_batch + self.rank * share
+            yield list(range(first, first + share))
+
+
+class _EvalProcess(L.Callback):
+    def __init__(self, sampler: _ShardedEval) -> None:
+        self.sampler = sampler
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        world = trainer.world_size
+        self.sampler.rank, self.sampler.world_size = trainer.global_rank, world
+        batch = min(self.sampler.global_batch, self.sampler.num_examples)
+        self.sampler.global_batch = max(world, batch - batch % world)
+
+
+def eval_loader(tokens: torch.Tensor, global_batch: int, num_workers: int = 0) -> tuple[DataLoader, Any]:
+    """An in-order validation loader (full batches only, shared over processes) and its callback."""
+    sampler = _ShardedEval(len(tokens), min(global_batch, len(tokens)))
+    loader = DataLoader(TokenDataset(tokens), batch_sampler=sampler, num_workers=num_workers)
+    return loader, _EvalProcess(sampler)
