@@ -1,11 +1,13 @@
 """Text corpora as token data: the `stdlib`, `text`, `jsonl` and `hf` sources.
 
 Documents are split by a hash of their text (adding or reordering documents moves no other
-document between train and validation), tokenised with a given tokenizer or with a byte-level BPE
-trained here on the training documents only, packed as `[BOS] doc [EOS] [BOS] doc [EOS] ...` and cut
-into rows of exactly `seq_len` tokens (the tail is dropped). `data.max_bytes` keeps whole documents
-in order and stops before the first one that would pass the cap (only a first document larger than the
-whole cap is cut), so a document's split never depends on the cap.
+document between train and validation), tokenised with a given tokenizer (`data.tokenizer`, or a
+tokenizer object such as a Hugging Face teacher's: its mask id is its `mask_token_id`, however the
+token is spelled) or with a byte-level BPE trained here on the training documents only, packed as
+`[BOS] doc [EOS] [BOS] doc [EOS] ...` and cut into rows of exactly `seq_len` tokens (the tail is
+dropped). `data.max_bytes` keeps whole documents in order and stops before the first one that would
+pass the cap (only a first document larger than the whole cap is cut), so a document's split never
+depends on the cap.
 
 What counts as a document:
 - `stdlib`: one `*.py` file of the interpreter's standard library (no tests, no installed packages).
@@ -23,6 +25,7 @@ import re
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -267,15 +270,25 @@ def token_stream(documents: list[str], tokenizer) -> torch.Tensor:
     """All documents as one int64 stream `[BOS] doc [EOS] ...`, tokenised in one batch."""
     from tokenizers import Tokenizer
 
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    if getattr(tokenizer, "backend_tokenizer", None) is None:  # a slow (Python) tokenizer, e.g. Dream's
+        # split_special_tokens keeps most spelled-out special tokens as text; a word-level vocabulary can
+        # still map the mask token's spelling to its id, so any mask id left is dropped
+        mask = tokenizer.mask_token_id
+        encoded = tokenizer(documents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for ids in encoded:
+            stream += head
+            stream += [i for i in ids if i != mask]
+            stream += tail
+        return torch.tensor(stream, dtype=torch.long)
     # A private copy: no truncation or padding a saved tokenizer may carry, and text that spells a
     # special token ("[MASK]" in a docstring) is tokenised as text, so the data never holds a mask id.
     core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     core.no_truncation()
     core.no_padding()
     core.encode_special_tokens = True
-    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    stream: list[int] = []
     for encoding in core.encode_batch(documents, add_special_tokens=False):
         stream += head
         stream += encoding.ids
@@ -290,9 +303,18 @@ def pack(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------- entry point
-def build_corpus_data(cfg: DataConfig) -> TokenData:
-    """Token data for a corpus source (`data.build_data` calls this for stdlib, text, jsonl and hf)."""
-    given = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None  # a bad tokenizer fails before any reading
+def build_corpus_data(cfg: DataConfig, tokenizer: Any = None) -> TokenData:
+    """Token data for a corpus source (`data.build_data` calls this for stdlib, text, jsonl and hf).
+
+    `tokenizer`, when given, is used as it is (data.tokenizer is then ignored); it must have a mask token.
+    """
+    if tokenizer is not None:
+        if tokenizer.mask_token_id is None:
+            raise DataError("the given tokenizer has no mask token; set its mask_token (a Hugging Face teacher's "
+                            "tokenizer gets one from teacher.mask_id)")
+        given = tokenizer
+    else:  # a bad tokenizer fails before any reading
+        given = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     documents = load_documents(cfg)
     train_docs, val_docs = split_documents(documents, cfg.val_fraction)
     if not train_docs or not val_docs:

@@ -1,7 +1,8 @@
 """Token data for every source: fixed-length sequences, a tokenizer with a mask token, a fingerprint.
 
 `build_data(cfg)` is the one entry point. `markov` is generated here; corpora (`stdlib`, `text`,
-`jsonl`, `hf`) are read and tokenised in `corpus.py`.
+`jsonl`, `hf`) are read and tokenised in `corpus.py`, with a given tokenizer (a Hugging Face
+teacher's own) when there is one.
 """
 
 from __future__ import annotations
@@ -131,14 +132,23 @@ def _build_markov(cfg: DataConfig) -> TokenData:
     )
 
 
-def build_data(cfg: DataConfig, out_dir: str | Path | None = None) -> TokenData:
-    """Build the token data for `cfg`; a trained tokenizer is saved as `out_dir/tokenizer.json`."""
+def build_data(cfg: DataConfig, out_dir: str | Path | None = None, tokenizer: Any = None) -> TokenData:
+    """Build the token data for `cfg`; the tokenizer is saved as `out_dir/tokenizer.json`.
+
+    `tokenizer` (a transformers tokenizer with a mask token, e.g. a Hugging Face teacher's) tokenises
+    a corpus in place of `data.tokenizer` or a trained one. A slow tokenizer has no tokenizer.json, so
+    it is saved with `save_pretrained` to `out_dir/tokenizer/` instead.
+    """
     if cfg.source == "markov":
+        if tokenizer is not None:
+            raise DataError("data.source=markov has its own vocabulary (its states), so it cannot be tokenised with "
+                            "the teacher's tokenizer; distil a Hugging Face teacher on a corpus (data.source=text, "
+                            "jsonl, hf or stdlib)")
         data = _build_markov(cfg)
     else:
         from fewstep.distill.corpus import build_corpus_data
 
-        data = build_corpus_data(cfg)
+        data = build_corpus_data(cfg, tokenizer=tokenizer)
     if len(data.train) == 0 or len(data.val) == 0:
         raise DataError(
             f"data.source={cfg.source} gave {len(data.train)} training and {len(data.val)} validation "
@@ -147,5 +157,9 @@ def build_data(cfg: DataConfig, out_dir: str | Path | None = None) -> TokenData:
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        data.tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+        backend = getattr(data.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.save(str(out / "tokenizer.json"))
+        else:
+            data.tokenizer.save_pretrained(str(out / "tokenizer"))
     return data

@@ -1,7 +1,8 @@
 """The denoiser: any Hugging Face `AutoModelForMaskedLM` behind one small interface.
 
 `Denoiser(z, t=None)` returns float logits [batch, seq_len, vocab] with the mask token at -inf.
-Built from a config (a tiny ModernBERT by default, offline) or loaded with `from_pretrained`.
+Built from a config (a tiny ModernBERT by default, offline) or loaded with `from_pretrained`; a real
+teacher's family (`adapters.Family`: MDLM, LLaDA, Dream) says how its forward is called.
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ class TimeEmbedding(nn.Module):
 class Denoiser(nn.Module):
     """Wraps a masked-LM backbone: logits over the tokenizer's vocabulary, mask logit at -inf."""
 
-    def __init__(self, backbone: nn.Module, mask_id: int, vocab_size: int, time_conditioning: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, mask_id: int, vocab_size: int, time_conditioning: bool = False,
+                 adapter: Any = None) -> None:
         super().__init__()
+        if adapter is not None and time_conditioning:
+            raise ModelError(f"a {adapter.name} model brings its own time handling; time_conditioning must be off")
         self.backbone = backbone
+        self.adapter = adapter  # an adapters.Family, or None for fewstep's own masked-LM backbones
         self.mask_id = mask_id
         self.vocab_size = vocab_size
         self.time_conditioning = time_conditioning
@@ -56,12 +61,19 @@ class Denoiser(nn.Module):
             embeds = self.backbone.get_input_embeddings()(z)
             embeds = embeds + self.time_embedding(t.to(z.device)).unsqueeze(1).to(embeds.dtype)
             logits = self.backbone(inputs_embeds=embeds).logits
+        elif self.adapter is not None:
+            logits = self.adapter.logits(self.backbone, z)
         else:
             logits = self.backbone(input_ids=z).logits
         logits = logits[..., : self.vocab_size].float()
         is_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=logits.device)
         is_mask[self.mask_id] = True
         return logits.masked_fill(is_mask, -math.inf)
+
+    @property
+    def family(self) -> str:
+        """The model family recorded with a saved model ("fewstep" for fewstep's own backbones)."""
+        return self.adapter.name if self.adapter is not None else "fewstep"
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,8 +1,11 @@
 """Loadable model directories: `config.json`, `model.safetensors`, tokenizer files, `fewstep.json`.
 
-A directory Hugging Face users recognise (the backbone loads with `AutoModelForMaskedLM`), plus
-`fewstep.json` with what fewstep needs to sample from it: mask id, noise schedule, the data config
-and its fingerprint. Written atomically: an interrupted save leaves the previous directory intact.
+A directory Hugging Face users recognise (the backbone loads with `AutoModelForMaskedLM`, or its
+family's Auto class for a real teacher's student), plus `fewstep.json` with what fewstep needs to
+sample from it: mask id, model family, noise schedule, the data config and its fingerprint. A LoRA
+student is saved merged, as plain weights; a remote-code family's modeling files are copied in, so
+the directory loads without the hub. Written atomically: an interrupted save leaves the previous
+directory intact.
 """
 
 from __future__ import annotations
@@ -37,11 +40,22 @@ def save_model_dir(denoiser: Denoiser, tokenizer: Any, path: str | Path, meta: d
     """Write `denoiser` and `tokenizer` as a model directory at `path` (replacing it atomically)."""
     from safetensors.torch import load_file, save_file
 
+    from fewstep.distill.adapters import is_lora, merged_copy
+
+    if is_lora(denoiser.backbone):  # merged on a copy: the training student keeps its adapters
+        denoiser = merged_copy(denoiser)
     meta = {"format": FORMAT, "fewstep_version": fewstep.__version__, "mask_id": denoiser.mask_id,
             "vocab_size": denoiser.vocab_size, "time_conditioning": denoiser.time_conditioning, **meta}
+    if denoiser.adapter is not None:
+        meta["family"] = denoiser.family
+        meta["trust_remote_code"] = denoiser.adapter.remote_code or bool(getattr(denoiser.backbone.config,
+                                                                                 "auto_map", None))
 
     def fill(tmp: Path) -> None:
-        denoiser.backbone.save_pretrained(tmp, safe_serialization=True)
+        # one weights file (transformers < 5 shards above 5 GB by default); remote code is copied in by
+        # save_pretrained (custom_object_save) since the model was loaded with trust_remote_code
+        denoiser.backbone.save_pretrained(tmp, safe_serialization=True, max_shard_size="1000GB")
+        _copy_remote_code(denoiser.backbone, tmp)
         weights = tmp / "model.safetensors"
         tensors = load_file(weights)
         header = {"format": "pt", "fewstep_format": FORMAT, "fewstep_version": fewstep.__version__,
@@ -58,6 +72,24 @@ def save_model_dir(denoiser: Denoiser, tokenizer: Any, path: str | Path, meta: d
     path = Path(path)
     atomic_replace_dir(path, fill)
     return path
+
+
+def _copy_remote_code(backbone: Any, folder: Path) -> None:
+    """Make sure every module named in config.json's auto_map is in `folder` (a saved remote-code model)."""
+    import shutil
+    import sys
+
+    auto_map = getattr(backbone.config, "auto_map", None) or {}
+    needed = {ref.split(".")[0] for refs in auto_map.values()
+              for ref in (refs if isinstance(refs, (list, tuple)) else [refs]) if ref and "--" not in ref}
+    source = sys.modules.get(type(backbone).__module__)
+    source_dir = Path(source.__file__).parent if source is not None and source.__file__ else None
+    for name in needed:
+        if not (folder / f"{name}.py").is_file():
+            if source_dir is None or not (source_dir / f"{name}.py").is_file():
+                raise ModelError(f"cannot find the model code {name}.py named in config.json's auto_map; the saved "
+                                 "directory would not load")
+            shutil.copy(source_dir / f"{name}.py", folder / f"{name}.py")
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -83,9 +115,12 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model directory written by `save_model_dir`, checking that every part fits."""
+    import transformers
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, PreTrainedTokenizerFast
+
+    from fewstep.distill.adapters import family_for
 
     path = resolve_model_dir(path)
     try:
@@ -97,12 +132,18 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     for name in ("config.json", "model.safetensors"):
         if not (path / name).is_file():
             raise ModelError(f"{path} has no {name}; the directory is incomplete, re-export the model")
+    family = family_for(meta.get("family"))  # none recorded: a fewstep model
+    remote = bool(meta.get("trust_remote_code"))
     try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        if family is None:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        else:  # a real teacher's tokenizer may be a slow or remote-code one
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     except Exception as error:  # tokenizers raises several types for a bad file
         raise ModelError(f"cannot load the tokenizer in {path}: {error}") from error
+    auto = AutoModelForMaskedLM if family is None else getattr(transformers, family.auto_class)
     try:
-        backbone = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=bool(meta.get("trust_remote_code")))
+        backbone = auto.from_pretrained(path, trust_remote_code=remote)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise ModelError(
             f"cannot load the weights in {path}: {str(error).splitlines()[0][:300]}. The file may be corrupt or "
@@ -113,7 +154,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     if tokenizer.mask_token_id != meta["mask_id"]:
         raise ModelError(f"{META_FILE} says mask id {meta['mask_id']}, the tokenizer {tokenizer.mask_token_id}")
     denoiser = Denoiser(backbone, mask_id=meta["mask_id"], vocab_size=meta["vocab_size"],
-                        time_conditioning=bool(meta.get("time_conditioning")))
+                        time_conditioning=bool(meta.get("time_conditioning")), adapter=family)
     if denoiser.time_embedding is not None:
         denoiser.time_embedding.load_state_dict(load_file(path / TIME_FILE))
     return LoadedModel(denoiser.to(device).eval(), tokenizer, meta, path)
