@@ -275,12 +275,13 @@ def _explain(error: OmegaConfBaseException, schema: DictConfig) -> str:
     return f"bad value for config key {key!r}: {message}"
 
 
-def load_config(schema_cls: type[T], config: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Merge `schema_cls` defaults, a YAML file and `key=value` overrides into a validated object."""
+def load_config(schema_cls: type[T], config: str | Path | list[str | Path] | None,
+                overrides: list[str] | None = None) -> T:
+    """Merge `schema_cls` defaults, YAML files (in order, later wins) and `key=value` overrides."""
     schema = OmegaConf.structured(schema_cls)
     layers = []
-    if config is not None:
-        path = resolve_config_path(str(config))
+    for name in [] if config is None else config if isinstance(config, list) else [config]:
+        path = resolve_config_path(str(name))
         try:
             layers.append(OmegaConf.load(path))
         except Exception as error:  # yaml errors come in several types

@@ -9,7 +9,8 @@ epoch's data from the beginning).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -19,6 +20,10 @@ from torch.utils.data import DataLoader, Sampler
 from fewstep.distill.data import DataError, TokenDataset
 
 __all__ = ["GlobalBatchSampler", "DataPosition", "train_loader", "eval_loader"]
+
+# Lightning warns that a mid-epoch resume restarts the data unless the loader is "stateful"; this
+# sampler takes its position from the restored step instead, so the warning does not apply.
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -30,7 +35,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
                             "trainer.batch_size or give more data")
         self.num_examples, self.global_batch, self.seed, self.shuffle = num_examples, global_batch, seed, shuffle
         self.rank, self.world_size = 0, 1
-        self.start_batch = 0  # global batches already consumed (the optimiser step at the last iter())
+        self.consumed: Callable[[], int] = lambda: 0  # global batches already trained on (the optimiser step)
 
     def set_process(self, rank: int, world_size: int) -> None:
         if self.global_batch % world_size:
@@ -47,7 +52,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, offset = divmod(self.start_batch, len(self))
+        # Lightning creates the iterator after restoring a checkpoint, so a resumed run starts mid-epoch
+        epoch, offset = divmod(self.consumed(), len(self))
         order = self._order(epoch)
         share = self.global_batch // self.world_size
         for batch in range(offset, len(self)):
@@ -56,17 +62,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 
 class DataPosition(L.Callback):
-    """Point the training sampler at the current optimiser step whenever an epoch's data starts."""
+    """Tie the training sampler to the trainer: its process rank, and its position = the optimiser step."""
 
     def __init__(self, sampler: GlobalBatchSampler) -> None:
         self.sampler = sampler
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.sampler.set_process(trainer.global_rank, trainer.world_size)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # one optimiser step per batch (no gradient accumulation): the step is the batch position
-        self.sampler.start_batch = trainer.global_step
+        # one optimiser step per batch (no gradient accumulation), so the step is the batch position
+        self.sampler.consumed = lambda: trainer.global_step
 
 
 def train_loader(tokens: torch.Tensor, global_batch: int, seed: int = 0,

@@ -44,9 +44,11 @@ class PreemptionCheckpoint(L.Callback):
         self.received = signum  # acted on at the end of the step, never inside it
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # replaces Lightning's own handlers for the fit (they stop without saving); restored afterwards
+        self._previous = {signum: signal.getsignal(signum) for signum in SIGNALS}  # restored at teardown
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # installed after Lightning's own handlers (which stop without saving), replacing them
         for signum in SIGNALS:
-            self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

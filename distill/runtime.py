@@ -46,6 +46,8 @@ def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool,
         return None
     if not last.exists():
         raise RunError(f"--resume: there is no checkpoint to resume at {last}; start without --resume")
+    for partial in last.parent.glob(".*.tmp"):  # a save killed midway; the checkpoint it was replacing is intact
+        partial.unlink(missing_ok=True)
     if saved.exists():
         old = OmegaConf.to_container(OmegaConf.load(saved))
         new = OmegaConf.to_container(OmegaConf.structured(cfg))

@@ -29,6 +29,9 @@ def _add_run_command(commands, name: str, help: str, description: str, example: 
     command.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
     command.add_argument("--resume", action="store_true",
                          help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
+    command.add_argument("--with", dest="layers", metavar="CONFIG", action="append", default=[],
+                         help="another YAML config merged over CONFIG (repeatable; later wins), e.g. --with "
+                              "cluster/ddp for 8 GPUs per node or --with cluster/fsdp; overrides still win")
     command.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return command
 
@@ -156,7 +159,7 @@ def _run_config(schema: type, args: argparse.Namespace):
 
     from fewstep.distill.config import load_config
 
-    cfg = load_config(schema, args.config, args.overrides)
+    cfg = load_config(schema, [args.config, *args.layers], args.overrides)
     if args.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return None
