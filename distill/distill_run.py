@@ -120,6 +120,7 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
                            cfg.trajectory, seed=cfg.trainer.seed)
     meta = {"noise_schedule": schedule_name, "noise_eps": schedule.eps, "seq_len": data.train.shape[1],
             "data": asdict(cfg.data), "data_fingerprint": data.fingerprint, "teacher": str(cfg.teacher.path)}
+    del teacher  # the module owns the teacher now; no second reference keeps a replaced one alive
     ema = SubmoduleEMA("student", cfg.optim.ema) if cfg.optim.ema > 0 else None
     rounds = RoundCallback(cfg, data, original, meta, ema)
     total = cfg.rounds.count * cfg.rounds.steps_per_round

@@ -57,9 +57,15 @@ class DistillModule(L.LightningModule):
 
     def set_teacher(self, weights: dict[str, torch.Tensor]) -> None:
         """Make `weights` (a student state dict, e.g. its EMA) the teacher for the next round."""
-        if set(weights) != set(self.teacher.state_dict()):  # a smaller student: the teacher takes its shape
-            self.teacher = copy.deepcopy(self.student)
-        self.teacher.load_state_dict(weights)
+        if set(weights) != set(self.teacher.state_dict()):  # a smaller or LoRA student: take its shape
+            from fewstep.distill.adapters import is_lora, merged_copy
+
+            teacher = copy.deepcopy(self.student)
+            teacher.load_state_dict(weights)
+            # a LoRA student teaches as plain merged weights: no adapters in the frozen teacher's forward
+            self.teacher = merged_copy(teacher) if is_lora(teacher.backbone) else teacher
+        else:
+            self.teacher.load_state_dict(weights)
         self._freeze_teacher()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -125,7 +131,8 @@ class DistillModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.optim.lr, betas=tuple(self.optim.betas),
+        trainable = [p for p in self.student.parameters() if p.requires_grad]  # LoRA: the adapters only
+        optimizer = torch.optim.AdamW(trainable, lr=self.optim.lr, betas=tuple(self.optim.betas),
                                       weight_decay=self.optim.weight_decay)
         total = self.rounds.count * self.rounds.steps_per_round
         schedule = torch.optim.lr_scheduler.LambdaLR(

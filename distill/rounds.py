@@ -77,13 +77,14 @@ class RoundCallback(L.Callback):
     def finish_round(self, trainer: L.Trainer, module: L.LightningModule, index: int) -> None:
         rounds = self.cfg.rounds
         steps = rounds.steps_for(index)
-        weights = {k: v.detach().clone() for k, v in self._round_weights(module).items()}
-        student = copy.deepcopy(module.student).cpu()
-        student.load_state_dict({k: v.cpu() for k, v in weights.items()})
+        # copies live on the CPU: for a 7-8B student a GPU copy would need another 16 GB at every round end
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in self._round_weights(module).items()}
         meta = {**self.meta, "round": index, "steps": steps, "method": self.cfg.method,
                 "divergence": self.cfg.loss.divergence, "global_step": trainer.global_step}
         writer = trainer.is_global_zero  # one process writes and validates; every process swaps teachers
         if writer:
+            student = _cpu_copy(module.student, move=trainer.world_size == 1)
+            student.load_state_dict(weights)
             save_model_dir(student, self.data.tokenizer, round_dir(self.out_dir, index), meta)
         if self.cfg.eval.enabled and writer:
             record = {"round": index, "steps": steps, "global_step": trainer.global_step,
@@ -135,4 +136,17 @@ class RoundCallback(L.Callback):
             out[f"{name}_steps"] = float(n)
             out[f"{name}_tokens_per_s"] = sample.tokens.numel() / sample.wall_time
         student.cpu()
+        self.original.cpu()  # kept off the accelerator between validations
         return out
+
+
+def _cpu_copy(model: torch.nn.Module, move: bool) -> torch.nn.Module:
+    """A CPU copy of `model`; with `move`, made without a second copy on its device."""
+    device = next(model.parameters()).device
+    if device.type == "cpu" or not move:  # data-parallel wrappers hold views of the parameters: no moving
+        return copy.deepcopy(model).cpu()
+    model.cpu()  # parameters move in place, so the optimiser's references stay valid
+    try:
+        return copy.deepcopy(model)
+    finally:
+        model.to(device)

@@ -522,3 +522,33 @@ def test_shipped_real_teacher_recipes_load(name, family, rank):
     assert (cfg.teacher.family, cfg.student.lora.rank, cfg.trainer.precision) == (family, rank, "bf16-mixed")
     assert cfg.teacher.trust_remote_code and cfg.data.source == "hf"
     assert cfg.data.seq_len == (1024 if family == "mdlm" else 512)
+
+
+class TeacherAtRoundTwo(L.Callback):
+    def on_train_batch_start(self, trainer, module, *args):
+        if trainer.global_step == 1:  # round 1's first step: round 0's LoRA student teaches
+            self.keys = set(module.teacher.state_dict())
+            self.teacher_logits = None
+            ids = torch.full((1, 16), module.mask_id)
+            with torch.no_grad():
+                self.teacher_logits = module.teacher(ids.to(module.device)).cpu()
+                self.student_logits = module.student(ids.to(module.device)).cpu()
+            self.optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+            self.lora = {id(p) for n, p in module.student.named_parameters() if "lora_" in n}
+
+
+def test_a_lora_student_teaches_the_next_round_as_merged_weights(standins, corpus, tmp_path):
+    watch = TeacherAtRoundTwo()
+    src = source(standins["dream"], "dream")
+    overrides = [f"teacher.path={standins['dream']}", "teacher.trust_remote_code=true", f"out_dir={tmp_path / 'r'}",
+                 "data.source=text", f"data.path={corpus}", "data.seq_len=16", "data.val_fraction=0.2",
+                 "rounds.count=2", "rounds.steps_per_round=1", "rounds.start_steps=4", "rounds.teacher_from=student",
+                 "trainer.batch_size=2", "trainer.accelerator=cpu", "trainer.progress=false",
+                 "logger.wandb.mode=disabled", "eval.enabled=false", "optim.ema=0", "optim.warmup_steps=1",
+                 "optim.lr=1e-2", "student.lora.rank=4"]
+    if src.mask_id is not None:
+        overrides.append(f"teacher.mask_id={src.mask_id}")
+    run_distill(load_config(DistillRunConfig, None, overrides), callbacks=[watch])
+    assert watch.keys and not any("lora" in k for k in watch.keys)  # a plain merged copy, no adapters
+    torch.testing.assert_close(watch.teacher_logits, watch.student_logits, rtol=1e-4, atol=1e-4)
+    assert watch.optimised == watch.lora  # the optimiser holds the adapters only
