@@ -147,6 +147,7 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen teacher, on purpose
     trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.perf_counter() - start
+    trainer.strategy.barrier("distill-exported")  # rank 0 writes model/ at the last round's end
     finish_loggers(trainer)
     if preemption.stopped_by:
         raise Preempted(f"{preemption.stopped_by} at step {trainer.global_step} (round {module.round_index}): "

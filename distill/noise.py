@@ -43,8 +43,10 @@ class BatchNoise:
         """Uniform [0, 1) of `shape`; row i comes from example i's stream."""
         if shape[0] != self.count:
             raise ValueError(f"noise for {shape[0]} examples asked of a stream for {self.count}")
-        return torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        out = torch.empty(tuple(shape), device=self.device, dtype=dtype)
+        for row, generator in zip(out, self.generators):  # filled in place: no second [B, L, V] copy
+            row.uniform_(generator=generator)
+        return out
 
     def antithetic(self) -> torch.Tensor:
         """One shared uniform offset, evenly spaced over the *global* batch; this process's share."""

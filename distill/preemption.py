@@ -30,7 +30,9 @@ class Preempted(RuntimeError):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """Turn SIGTERM / SIGUSR1 into: finish the step, save `last.ckpt`, stop (and requeue under SLURM)."""
+    """Turn SIGTERM / SIGUSR1 into: finish the step, save `last.ckpt`, stop (and requeue under SLURM).
+
+    It also writes `last.ckpt` when training ends normally."""
 
     def __init__(self, checkpoint_path: str | Path, requeue: bool = False) -> None:
         self.checkpoint_path = Path(checkpoint_path)
@@ -72,6 +74,13 @@ class PreemptionCheckpoint(L.Callback):
                   "stopping. Resume with --resume.", flush=True)
         if signum == signal.SIGUSR1 and self.requeue and trainer.is_global_zero:
             _requeue()
+
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The finished state too (periodic saves fall on multiples of checkpoint_every): a later
+        --resume with a larger max_steps continues from the end, not from an older step."""
+        if self.stopped_by is None:
+            trainer.save_checkpoint(self.checkpoint_path)
 
 
 def _requeue() -> None:

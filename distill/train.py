@@ -120,6 +120,7 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
     model_dir = out_dir / "model"
     if trainer.is_global_zero:
         save_model_dir(denoiser.cpu(), data.tokenizer, model_dir, model_meta(data, cfg))
+    trainer.strategy.barrier("teacher-exported")  # no process reads model/ before it is written
     finish_loggers(trainer)
     return TeacherResult(
         out_dir=out_dir,
