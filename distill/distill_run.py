@@ -24,6 +24,7 @@ from fewstep.distill.module import DistillModule
 from fewstep.distill.preemption import Preempted, PreemptionCheckpoint
 from fewstep.distill.rounds import RoundCallback
 from fewstep.distill.runtime import (
+    RunError,
     cluster_trainer_args,
     finish_loggers,
     make_loggers,
@@ -82,6 +83,12 @@ def _check_fit(teacher: LoadedModel, data) -> None:
 
 
 def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> DistillResult:
+    if cfg.trainer.strategy == "fsdp":
+        raise RunError(
+            "trainer.strategy=fsdp is not supported for distillation yet: the round hand-over copies and reloads "
+            "whole state dicts, which has not been made shard-aware or tested. Use trainer.strategy=ddp; for "
+            "7-8B teachers add student.lora.rank=16 (the distill/llada_8b and distill/dream_7b recipes)"
+        )
     out_dir = Path(cfg.out_dir)
     ckpt_path = prepare_out_dir(out_dir, cfg, resume, sections=RESUME_SECTIONS)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)

@@ -18,6 +18,7 @@ from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process
 from fewstep.distill.losses import divergence
 from fewstep.distill.noise import BatchNoise, NoiseSource, step_noise
+from fewstep.distill.runtime import clip_gradients
 from fewstep.distill.targets import ancestral_reveal, sdtt_target, student_times
 from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
 from fewstep.distill.trajectory import trajectory_loss
@@ -129,6 +130,9 @@ class DistillModule(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value)
         return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP-aware
 
     def configure_optimizers(self):
         trainable = [p for p in self.student.parameters() if p.requires_grad]  # LoRA: the adapters only

@@ -14,7 +14,7 @@ from fewstep.distill.config import LoggerConfig, RuntimeConfig
 from fewstep.distill.io import atomic_save
 
 __all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "make_loggers", "finish_loggers",
-           "resolve_precision", "wandb_mode", "cluster_trainer_args", "prepare_backbone"]
+           "resolve_precision", "wandb_mode", "cluster_trainer_args", "prepare_backbone", "clip_gradients"]
 
 
 class RunError(RuntimeError):
@@ -133,6 +133,10 @@ def cluster_trainer_args(cfg: RuntimeConfig, model: torch.nn.Module) -> dict[str
     elif cfg.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
+        if cfg.accelerator == "cpu" or not torch.cuda.is_available():
+            raise RunError("trainer.strategy=fsdp needs CUDA GPUs (Lightning runs FSDP on GPUs only); on the CPU "
+                           "use trainer.strategy=ddp (e.g. --with cluster/cpu_ddp)")
+
         layers = _layer_classes(model)
         if not layers:
             raise RunError("trainer.strategy=fsdp: the backbone declares no transformer block classes "
@@ -160,3 +164,20 @@ def prepare_backbone(model: torch.nn.Module, cfg: RuntimeConfig) -> None:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:
         backbone.compile()  # in place: parameter names and checkpoints stay as they are
+
+
+def clip_gradients(module: Any, optimizer: Any, value: float | None, algorithm: str | None) -> None:
+    """Gradient clipping that also works under FSDP (a LightningModule's `configure_gradient_clipping`).
+
+    Lightning's FSDP precision plugin refuses norm clipping, because the norm must be taken over
+    every shard: the root FSDP module's `clip_grad_norm_` does exactly that.
+    """
+    if not value:
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    root = getattr(module.trainer.strategy, "model", None)
+    if isinstance(root, FullyShardedDataParallel) and algorithm in (None, "norm"):
+        root.clip_grad_norm_(value)
+    else:
+        module.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)

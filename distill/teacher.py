@@ -11,6 +11,7 @@ from fewstep.distill.config import OptimConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
 from fewstep.distill.noise import NoiseSource, step_noise
+from fewstep.distill.runtime import clip_gradients
 
 __all__ = ["TeacherModule", "NonFiniteLossError", "warmup_cosine"]
 
@@ -82,6 +83,9 @@ class TeacherModule(L.LightningModule):
         self.log("val/nelbo", loss, prog_bar=True, sync_dist=True)
         if self.data_entropy:
             self.log("val/gap", loss / self.data_entropy - 1.0, sync_dist=True)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP-aware
 
     def configure_optimizers(self):
         decay, no_decay = [], []

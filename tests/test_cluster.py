@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import TINY, run_cli, tiny_overrides
@@ -109,3 +110,55 @@ def test_distillation_on_two_processes_matches_one(tiny_teacher, tmp_path):
         _same_weights(one / f"round_{index}" / "model", two / f"round_{index}" / "model")
     assert not (two / "rounds.json").read_text().count('"round": 0') > 1  # one process wrote the history
     assert os.listdir(two / "checkpoints") == ["last.ckpt"]
+
+
+class LargestUpdate(L.Callback):
+    """The largest change of any weight in the first optimiser step."""
+
+    def on_train_batch_start(self, trainer, module, *args):
+        self.before = [p.detach().clone() for p in module.parameters()]
+
+    def on_train_batch_end(self, trainer, module, *args):
+        self.moved = max((p.detach() - b).abs().max().item() for p, b in zip(module.parameters(), self.before))
+
+
+def test_gradient_clipping_goes_through_the_fsdp_aware_hook(tmp_path):
+    """Clipping runs in `configure_gradient_clipping` (which FSDP needs) and still clips outside FSDP."""
+    from fewstep.distill.config import TeacherRunConfig
+    from fewstep.distill.train import train_teacher
+
+    moved = {}
+    for clip in ("0", "1e-12"):
+        watch = LargestUpdate()
+        train_teacher(load_config(TeacherRunConfig, None, tiny_overrides(
+            tmp_path / clip, "trainer.max_steps=1", "trainer.val_every=1", "optim.ema=0", f"optim.grad_clip={clip}",
+            "optim.warmup_steps=1", "logger.wandb.mode=disabled")), callbacks=[watch])
+        moved[clip] = watch.moved
+    # Adam's step is about lr without clipping; clipped to a 1e-12 norm, eps dominates and it nearly vanishes
+    assert moved["1e-12"] < 0.01 * moved["0"]
+
+
+def test_fsdp_without_gpus_and_fsdp_distillation_are_refused_clearly(tiny_teacher, tmp_path):
+    result = run_cli("teacher", "teacher/markov", *tiny_overrides(tmp_path / "t"), "trainer.strategy=fsdp",
+                     "trainer.accelerator=cpu")
+    assert result.returncode == 2 and "trainer.strategy=fsdp needs CUDA GPUs" in result.stderr
+    result = run_cli("distill", "distill/markov", f"teacher.path={tiny_teacher}", f"out_dir={tmp_path / 'd'}",
+                     "--with", "cluster/fsdp")
+    assert result.returncode == 2 and "not supported for distillation yet" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "d").exists()
+
+
+def test_activation_checkpointing_gives_the_same_training(tmp_path):
+    from fewstep.distill.config import TeacherRunConfig
+    from fewstep.distill.train import train_teacher
+
+    losses = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        train_teacher(load_config(TeacherRunConfig, None, tiny_overrides(
+            out, "trainer.max_steps=3", "trainer.val_every=3", f"trainer.activation_checkpointing={flag}",
+            "logger.wandb.mode=disabled")))
+        losses[flag] = _metrics(out, "train/nelbo")
+    assert losses["true"].keys() == losses["false"].keys()
+    for step, value in losses["false"].items():
+        assert losses["true"][step] == pytest.approx(value, rel=1e-5)
