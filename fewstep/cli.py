@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "teacher", help="pretrain a masked-diffusion teacher (MDLM objective)",
         description="Pretrain a masked-diffusion teacher denoiser with the MDLM NELBO. out_dir receives "
                     "config.yaml, data.json, tokenizer.json, checkpoints/ (last.ckpt, best.ckpt), csv/ and "
-                    "wandb/ logs, and a loadable model directory model/.",
+                    "wandb/ logs, and a loadable model directory model/."
+                    " SIGTERM or SIGUSR1 finish the step, save checkpoints/last.ckpt and exit with status 3 (continue with --resume); trainer.batch_size is the global batch over data-parallel processes (--with cluster/ddp).",
         example="teacher/markov")
 
     _add_run_command(
@@ -63,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "the teacher's own samples with a certainty-forcing term. The student's step count starts "
                     "at rounds.start_steps and halves (or shrinks linearly) each round; out_dir receives "
                     "round_<r>/model/ per round, model/ (the final student), rounds.json (validation per round), "
-                    "checkpoints/last.ckpt, csv/ and wandb/ logs.",
+                    "checkpoints/last.ckpt, csv/ and wandb/ logs. Hugging Face teachers: teacher.family=auto, "
+                    "mdlm, llada or dream (recipes distill/mdlm_owt, distill/llada_8b, distill/dream_7b); "
+                    "student.lora.rank=16 trains LoRA adapters only."
+                    " SIGTERM or SIGUSR1 finish the step, save checkpoints/last.ckpt and exit with status 3 (continue with --resume); trainer.batch_size is the global batch over data-parallel processes (--with cluster/ddp).",
         example="distill/markov")
 
     _add_run_command(
