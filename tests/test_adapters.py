@@ -552,3 +552,33 @@ def test_a_lora_student_teaches_the_next_round_as_merged_weights(standins, corpu
     assert watch.keys and not any("lora" in k for k in watch.keys)  # a plain merged copy, no adapters
     torch.testing.assert_close(watch.teacher_logits, watch.student_logits, rtol=1e-4, atol=1e-4)
     assert watch.optimised == watch.lora  # the optimiser holds the adapters only
+
+
+class CrashAfter(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 3:
+            raise RuntimeError("crash")
+
+
+def test_a_lora_run_resumes_to_the_same_merged_student(standins, corpus, tmp_path):
+    src = source(standins["llada"], "llada")
+
+    def overrides(out):
+        extra = [f"teacher.mask_id={src.mask_id}"] if src.mask_id is not None else []
+        return [f"teacher.path={standins['llada']}", "teacher.trust_remote_code=true", f"out_dir={out}",
+                "data.source=text", f"data.path={corpus}", "data.seq_len=16", "data.val_fraction=0.2",
+                "rounds.count=2", "rounds.steps_per_round=2", "rounds.start_steps=4", "rounds.teacher_from=student",
+                "trainer.batch_size=2", "trainer.checkpoint_every=1", "trainer.accelerator=cpu",
+                "trainer.progress=false", "logger.wandb.mode=disabled", "eval.enabled=false", "optim.ema=0",
+                "optim.warmup_steps=1", "optim.lr=1e-2", "student.lora.rank=4", *extra]
+
+    run_distill(load_config(DistillRunConfig, None, overrides(tmp_path / "reference")))
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        run_distill(load_config(DistillRunConfig, None, overrides(out)), callbacks=[CrashAfter()])
+    result = run_distill(load_config(DistillRunConfig, None, overrides(out)), resume=True)
+    assert result.steps == 4
+    a, b = (load_model_dir(d / "model").denoiser.state_dict() for d in (out, tmp_path / "reference"))
+    assert a.keys() == b.keys() and not any("lora" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
