@@ -26,11 +26,19 @@ class SubmoduleEMA(L.Callback):
     def _module(self, pl_module: L.LightningModule) -> torch.nn.Module:
         return getattr(pl_module, self.attribute)
 
+    def _tracked(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        """The entries that change in training: trainable parameters and buffers (a frozen weight's
+        average is itself, so a LoRA student's EMA holds its adapters only, not 16 GB of base weights)."""
+        module = self._module(pl_module)
+        frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+        return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
     def reset(self, pl_module: L.LightningModule) -> None:
         """Restart the average from the current weights (e.g. when a round begins)."""
-        self.shadow = {k: v.detach().clone() for k, v in self._module(pl_module).state_dict().items()}
+        self.shadow = {k: v.detach().clone() for k, v in self._tracked(pl_module).items()}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._owner = pl_module
         if self.shadow is None:
             self.reset(pl_module)
         else:  # restored from a checkpoint: follow the module's device
@@ -40,15 +48,16 @@ class SubmoduleEMA(L.Callback):
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         assert self.shadow is not None
-        for key, value in self._module(pl_module).state_dict().items():
+        for key, value in self._tracked(pl_module).items():
             if value.is_floating_point():
                 self.shadow[key].lerp_(value.detach(), 1.0 - self.decay)
             else:
                 self.shadow[key].copy_(value)
 
     def averaged_state(self) -> dict[str, torch.Tensor]:
+        """A full state dict of the submodule: averaged entries over its current (frozen) ones."""
         assert self.shadow is not None, "the EMA has not started"
-        return self.shadow
+        return {**self._module(self._owner).state_dict(), **self.shadow}
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "shadow": self.shadow}

@@ -582,3 +582,28 @@ def test_a_lora_run_resumes_to_the_same_merged_student(standins, corpus, tmp_pat
     assert a.keys() == b.keys() and not any("lora" in k for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+class EmaKeys(L.Callback):
+    def on_train_end(self, trainer, module):
+        from fewstep.distill.ema import SubmoduleEMA
+
+        ema = next(c for c in trainer.callbacks if isinstance(c, SubmoduleEMA))
+        self.keys = set(ema.shadow)
+        self.full = set(ema.averaged_state())
+        self.student = set(module.student.state_dict())
+
+
+def test_the_ema_of_a_lora_student_holds_its_adapters_only(standins, corpus, tmp_path):
+    src = source(standins["dream"], "dream")
+    watch = EmaKeys()
+    overrides = [f"teacher.path={standins['dream']}", "teacher.trust_remote_code=true", f"out_dir={tmp_path / 'r'}",
+                 "data.source=text", f"data.path={corpus}", "data.seq_len=16", "data.val_fraction=0.2",
+                 "rounds.count=2", "rounds.steps_per_round=1", "rounds.start_steps=4", "rounds.teacher_from=ema",
+                 "trainer.batch_size=2", "trainer.accelerator=cpu", "trainer.progress=false",
+                 "logger.wandb.mode=disabled", "eval.enabled=false", "optim.ema=0.5", "optim.warmup_steps=1",
+                 "student.lora.rank=4", *([f"teacher.mask_id={src.mask_id}"] if src.mask_id is not None else [])]
+    result = run_distill(load_config(DistillRunConfig, None, overrides), callbacks=[watch])
+    assert result.steps == 2
+    assert watch.keys and all("lora_" in k for k in watch.keys), sorted(watch.keys)[:5]
+    assert watch.full == watch.student  # the averaged state is still a whole state dict
