@@ -70,7 +70,11 @@ class DistillModule(L.LightningModule):
         self._freeze_teacher()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        # neither the teacher nor the student's frozen weights (a LoRA student's base): both are rebuilt
+        # from the teacher on resume, so an 8B LoRA run's checkpoint holds megabytes, not 16 GB
+        frozen = {f"student.{name}" for name, p in self.student.named_parameters() if not p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith("teacher.") and k not in frozen}
 
     # ------------------------------------------------------------------ rounds
     @property

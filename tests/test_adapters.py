@@ -576,6 +576,8 @@ def test_a_lora_run_resumes_to_the_same_merged_student(standins, corpus, tmp_pat
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="crash"):
         run_distill(load_config(DistillRunConfig, None, overrides(out)), callbacks=[CrashAfter()])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert saved and all("lora_" in k for k in saved), sorted(saved)[:5]  # no frozen base weights, no teacher
     result = run_distill(load_config(DistillRunConfig, None, overrides(out)), resume=True)
     assert result.steps == 4
     a, b = (load_model_dir(d / "model").denoiser.state_dict() for d in (out, tmp_path / "reference"))
