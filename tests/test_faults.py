@@ -64,8 +64,10 @@ train_teacher(load_config(TeacherRunConfig, None, {overrides!r}))
 """
 
 
-def _child(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+def _child(script: str, cwd) -> subprocess.CompletedProcess:
+    # cwd outside the repository: `python -c` puts it first on sys.path, and the repository's own
+    # fewstep/ folder is not the installed package (its subpackages are mapped by setuptools)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def _step(path) -> int:
@@ -91,7 +93,7 @@ def test_teacher_killed_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_
     out = tmp_path / "killed"
     overrides = tiny_overrides(out, *TEACHER)
     child = _child(KILL_AT.format(schema="TeacherRunConfig", module="train", function="train_teacher", step=5,
-                                  overrides=overrides))
+                                  overrides=overrides), tmp_path)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert _step(out / "checkpoints" / "last.ckpt") == 4 and not (out / "model").exists()
     result = train_teacher(load_config(TeacherRunConfig, None, overrides), resume=True)
@@ -111,7 +113,7 @@ def test_distillation_killed_mid_round_resumes_to_the_same_end(tiny_teacher, tmp
 
     out = tmp_path / "killed"
     child = _child(KILL_AT.format(schema="DistillRunConfig", module="distill_run", function="run_distill", step=7,
-                                  overrides=overrides(out)))
+                                  overrides=overrides(out)), tmp_path)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert _step(out / "checkpoints" / "last.ckpt") == 6  # round 1 (steps 4-7), after round 0's export
     assert (out / "round_0" / "model").is_dir() and not (out / "round_1").exists()
@@ -127,7 +129,7 @@ def test_distillation_killed_mid_round_resumes_to_the_same_end(tiny_teacher, tmp
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     out = tmp_path / "run"
     overrides = tiny_overrides(out, *TEACHER)
-    child = _child(KILL_MID_SAVE.format(overrides=overrides))
+    child = _child(KILL_MID_SAVE.format(overrides=overrides), tmp_path)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     checkpoints = out / "checkpoints"
     assert _step(checkpoints / "last.ckpt") == 2  # the half-written step-4 file never replaced it
@@ -141,7 +143,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
 def _run_until_checkpoint(args: list[str], checkpoint) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     process = subprocess.Popen([sys.executable, "-m", "fewstep", *args], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, cwd=checkpoint.parents[2])
     deadline = time.monotonic() + 300
     while not checkpoint.exists():
         assert process.poll() is None, process.communicate()[1][-2000:]
@@ -165,7 +167,8 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     assert _step(out / "checkpoints" / "last.ckpt") == step > 0  # the step it stopped at, not an older one
     resumed = subprocess.run([sys.executable, "-m", "fewstep", *args[:-3], f"trainer.max_steps={step + 2}",
                               "trainer.val_every=100000", "trainer.checkpoint_every=5", "--resume"],
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"},
+                             cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _step(out / "checkpoints" / "last.ckpt") == step + 2
 
