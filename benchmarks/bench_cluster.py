@@ -23,7 +23,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fewstep.distill.config import DistillRunConfig, TeacherRunConfig, load_config
+from fewstep.distill.config import TeacherRunConfig, load_config
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.train import train_teacher
 from fewstep.pipeline import format_table

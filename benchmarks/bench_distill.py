@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from fewstep.distill.config import DistillRunConfig, load_config
+from fewstep.distill.config import load_config
 from fewstep.distill.data import build_data
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.quality import sample_quality

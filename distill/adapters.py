@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from fewstep.distill.config import LoraConfig, TeacherSourceConfig
 from fewstep.distill.denoiser import Denoiser, ModelError, check_vocab
+from fewstep.distill.distill_config import LoraConfig, TeacherSourceConfig
 from fewstep.distill.model_dir import LoadedModel
 
 __all__ = ["FAMILIES", "Family", "apply_lora", "detect_family", "family_for", "is_lora", "load_hf_teacher",

@@ -13,10 +13,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from fewstep.distill.config import DistillRunConfig, TeacherSourceConfig, save_config
+from fewstep.distill.config import save_config
 from fewstep.distill.data import build_data
 from fewstep.distill.denoiser import ModelError, build_denoiser
 from fewstep.distill.diffusion import make_schedule
+from fewstep.distill.distill_config import DistillRunConfig, TeacherSourceConfig
 from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.loader import train_loader
 from fewstep.distill.model_dir import LoadedModel, is_model_dir, load_model_dir

@@ -13,9 +13,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from fewstep.distill.config import LossConfig, OptimConfig, RoundsConfig, TrajectoryConfig
+from fewstep.distill.config import OptimConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process
+from fewstep.distill.distill_config import LossConfig, RoundsConfig, TrajectoryConfig
 from fewstep.distill.losses import divergence
 from fewstep.distill.noise import BatchNoise, NoiseSource, step_noise
 from fewstep.distill.runtime import clip_gradients

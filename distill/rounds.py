@@ -16,9 +16,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from fewstep.distill.config import DistillRunConfig
 from fewstep.distill.data import TokenData
 from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import load_model_dir, save_model_dir

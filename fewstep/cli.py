@@ -186,7 +186,7 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from fewstep.distill.config import DistillRunConfig
+    from fewstep.distill.distill_config import DistillRunConfig
 
     cfg = _run_config(DistillRunConfig, args)
     if cfg is None:

@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fewstep.distill.config import DistillRunConfig, TeacherRunConfig, load_config, save_config
+from fewstep.distill.config import TeacherRunConfig, load_config, save_config
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.runtime import RunError
 
 __all__ = ["QuickstartConfig", "quickstart"]

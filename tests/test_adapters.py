@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from fewstep.distill.adapters import FAMILIES, apply_lora, detect_family, load_hf_teacher, merged_copy
-from fewstep.distill.config import DistillRunConfig, LoraConfig, TeacherSourceConfig, load_config
+from fewstep.distill.config import load_config
 from fewstep.distill.data import DataError, build_data
 from fewstep.distill.denoiser import ModelError
+from fewstep.distill.distill_config import DistillRunConfig, LoraConfig, TeacherSourceConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir, save_model_dir
 

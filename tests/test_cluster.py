@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import TINY, run_cli, tiny_overrides
 
-from fewstep.distill.config import ConfigError, DistillRunConfig, load_config
+from fewstep.distill.config import ConfigError, load_config
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.loader import GlobalBatchSampler
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.noise import step_noise

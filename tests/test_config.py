@@ -58,7 +58,7 @@ def test_shipped_teacher_configs_load(name):
 
 
 def test_other_shipped_configs_load():
-    from fewstep.distill.config import DistillRunConfig
+    from fewstep.distill.distill_config import DistillRunConfig
     from fewstep.distill.evaluator import EvaluatorRunConfig
     from fewstep.quickstart import QuickstartConfig
 

@@ -10,7 +10,8 @@ import torch
 from conftest import TINY, run_cli
 from wandb_records import history_keys
 
-from fewstep.distill.config import DistillRunConfig, load_config
+from fewstep.distill.config import load_config
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.runtime import RunError

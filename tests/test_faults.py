@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import TINY, tiny_overrides
 
-from fewstep.distill.config import DistillRunConfig, TeacherRunConfig, load_config
+from fewstep.distill.config import TeacherRunConfig, load_config
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.runtime import RunError
@@ -29,7 +30,8 @@ TEACHER = ["trainer.max_steps=8", "trainer.val_every=4", "trainer.checkpoint_eve
 KILL_AT = """
 import os, signal, sys
 import lightning as L
-from fewstep.distill.config import {schema}, load_config
+from fewstep.distill.config import TeacherRunConfig, load_config
+from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.{module} import {function}
 
 class Kill(L.Callback):

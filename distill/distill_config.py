@@ -1,0 +1,181 @@
+"""The distillation run's config (`fewstep distill`): teacher, student, loss, rounds, trajectories.
+
+The shared building blocks (data, model, optimiser, runtime) and the loading machinery are in
+`config.py`; this file holds what only distillation needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from fewstep.distill.config import (
+    ConfigError,
+    DataConfig,
+    LoggerConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+)
+
+__all__ = [
+    "TEACHER_FAMILIES",
+    "TeacherSourceConfig",
+    "LoraConfig",
+    "StudentConfig",
+    "LossConfig",
+    "RoundsConfig",
+    "TrajectoryConfig",
+    "DistillTrainerConfig",
+    "EvalConfig",
+    "DistillRunConfig",
+]
+
+TEACHER_FAMILIES = ("auto", "fewstep", "masked_lm", "mdlm", "llada", "dream")
+
+
+@dataclass
+class TeacherSourceConfig:
+    """The teacher: a teacher run's out_dir, a model directory, or a Hugging Face id / local HF folder."""
+
+    path: str = MISSING
+    trust_remote_code: bool = False
+    family: str = "auto"  # auto | fewstep | masked_lm | mdlm | llada | dream: how its outputs map onto a denoiser
+    tokenizer: str | None = None  # a tokenizer id/path when the model repo has none (MDLM-OWT uses gpt2)
+    mask_id: int | None = None  # override the family's mask id (LLaDA 126336, Dream 151666, MDLM vocab-1)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the frozen teacher's weights
+
+    def __post_init__(self) -> None:
+        if self.family not in TEACHER_FAMILIES:
+            raise ConfigError(f"teacher.family={self.family!r} is not one of {', '.join(TEACHER_FAMILIES)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"teacher.dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA student (peft): only low-rank adapters train; the rest stays the teacher's. rank 0 = off."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)  # empty = the family's attention/MLP projections
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError("student.lora.rank must be >= 0 (0 disables LoRA)")
+
+
+@dataclass
+class StudentConfig:
+    """The student starts as a copy of the teacher (`init: teacher`) or as a new `model` (`init: config`)."""
+
+    init: str = "teacher"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        if self.init not in ("teacher", "config"):
+            raise ConfigError(f"student.init={self.init!r} is not one of teacher, config")
+
+
+@dataclass
+class LossConfig:
+    divergence: str = "kl_bwd"  # kl_fwd | kl_bwd | jeffreys | tvd | mse
+    dtype: str = "float32"  # float32 | float64
+
+    def __post_init__(self) -> None:
+        from fewstep.distill.losses import DIVERGENCES
+
+        if self.divergence not in DIVERGENCES:
+            raise ConfigError(f"loss.divergence={self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"loss.dtype={self.dtype!r} is not one of float32, float64")
+
+
+@dataclass
+class RoundsConfig:
+    """Rounds of distillation; round r's student samples in `steps_for(r)` steps."""
+
+    start_steps: int = 64  # N0: the first round's student step count
+    count: int = 3
+    steps_per_round: int = 500  # optimiser steps per round
+    shrink: str = "halve"  # halve | linear
+    linear_step: int = 0  # with shrink=linear: steps removed per round
+    k: int = 2  # teacher steps per student step (SDTT)
+    teacher_from: str = "ema"  # ema | student: what becomes the next round's teacher
+    reset_optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.steps_per_round < 1 or self.start_steps < 1 or self.k < 1:
+            raise ConfigError("rounds.count, rounds.steps_per_round, rounds.start_steps and rounds.k must be >= 1")
+        if self.shrink == "halve":
+            factor = 2 ** (self.count - 1)
+            if self.start_steps % factor:
+                raise ConfigError(
+                    f"rounds.start_steps={self.start_steps} is not divisible by {factor} (2^(rounds.count-1)), so "
+                    f"it cannot halve {self.count - 1} times; use e.g. rounds.start_steps={factor * 8}"
+                )
+        elif self.shrink == "linear":
+            if self.linear_step < 1 or self.start_steps - (self.count - 1) * self.linear_step < 1:
+                raise ConfigError(
+                    "rounds.shrink=linear needs rounds.linear_step >= 1 and start_steps - (count-1)*linear_step >= 1"
+                )
+        else:
+            raise ConfigError(f"rounds.shrink={self.shrink!r} is not one of halve, linear")
+        if self.teacher_from not in ("ema", "student"):
+            raise ConfigError(f"rounds.teacher_from={self.teacher_from!r} is not one of ema, student")
+
+    def steps_for(self, round_index: int) -> int:
+        if self.shrink == "halve":
+            return self.start_steps // 2**round_index
+        return self.start_steps - round_index * self.linear_step
+
+
+@dataclass
+class TrajectoryConfig:
+    """Trajectory distillation (dParallel / d3LLM): learn from the teacher's own samples."""
+
+    num_trajectories: int = 2048
+    teacher_steps: int = 0  # 0 = rounds.start_steps * rounds.k
+    batch_size: int = 64  # sequences per teacher sampling batch
+    entropy_weight: float = 0.5  # weight of the certainty-forcing term
+
+
+@dataclass
+class DistillTrainerConfig(RuntimeConfig):
+    """Trainer settings for distillation; the length is rounds.count * rounds.steps_per_round."""
+
+    batch_size: int = 32  # the global batch, shared out over data-parallel processes
+
+
+@dataclass
+class EvalConfig:
+    """Round-end validation: samples per model, float64 Gumbel noise."""
+
+    num_samples: int = 64
+    seed: int = 0
+    enabled: bool = True
+
+
+@dataclass
+class DistillRunConfig:
+    """`fewstep distill`: distil a teacher into a few-step student in rounds."""
+
+    out_dir: str = "runs/distill"
+    teacher: TeacherSourceConfig = field(default_factory=TeacherSourceConfig)
+    method: str = "sdtt"  # sdtt | trajectory
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=50, decay="constant"))
+    trainer: DistillTrainerConfig = field(default_factory=DistillTrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("sdtt", "trajectory"):
+            raise ConfigError(f"method={self.method!r} is not one of sdtt, trajectory")
