@@ -81,36 +81,20 @@ def train_loader(tokens: torch.Tensor, global_batch: int, seed: int = 0,
     return loader, DataPosition(sampler)
 
 
-class _ShardedEval(Sampler[list[int]]):
-    """In-order batches for evaluation, each process taking an equal share of every batch."""
-
-    def __init__(self, num_examples: int, global_batch: int) -> None:
-        self.num_examples, self.global_batch = num_examples, global_batch
-        self.rank, self.world_size = 0, 1
-
-    def __len__(self) -> int:
-        return max(1, self.num_examples // self.global_batch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        share = self.global_batch // self.world_size
-        for batch in range(len(self)):
-            first = batch * self.global_batch + self.rank * share
-            yield list(range(first, first + share))
-
-
 class _EvalProcess(L.Callback):
-    def __init__(self, sampler: _ShardedEval) -> None:
+    """Share each evaluation batch out over the processes: a batch size that divides over them."""
+
+    def __init__(self, sampler: GlobalBatchSampler) -> None:
         self.sampler = sampler
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         world = trainer.world_size
-        self.sampler.rank, self.sampler.world_size = trainer.global_rank, world
-        batch = min(self.sampler.global_batch, self.sampler.num_examples)
-        self.sampler.global_batch = max(world, batch - batch % world)
+        self.sampler.global_batch = max(world, self.sampler.global_batch - self.sampler.global_batch % world)
+        self.sampler.set_process(trainer.global_rank, world)
 
 
 def eval_loader(tokens: torch.Tensor, global_batch: int, num_workers: int = 0) -> tuple[DataLoader, Any]:
     """An in-order validation loader (full batches only, shared over processes) and its callback."""
-    sampler = _ShardedEval(len(tokens), min(global_batch, len(tokens)))
+    sampler = GlobalBatchSampler(len(tokens), min(global_batch, len(tokens)), shuffle=False)
     loader = DataLoader(TokenDataset(tokens), batch_sampler=sampler, num_workers=num_workers)
     return loader, _EvalProcess(sampler)
