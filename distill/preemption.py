@@ -60,12 +60,12 @@ class PreemptionCheckpoint(L.Callback):
 
     # ------------------------------------------------------------------ acting
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        got = torch.tensor(float(self.received or 0), device=pl_module.device)
-        if trainer.world_size > 1:  # any process signalled: all stop at this step
-            got = trainer.strategy.reduce(got, reduce_op="max")
-        if got.item() == 0 or trainer.should_stop:
+        signum = self.received or 0
+        if trainer.world_size > 1:  # any process signalled: all stop at this step (one host sync per step)
+            got = torch.tensor(float(signum), device=pl_module.device)
+            signum = int(trainer.strategy.reduce(got, reduce_op="max").item())
+        if signum == 0 or trainer.should_stop:
             return
-        signum = int(got.item())
         trainer.save_checkpoint(self.checkpoint_path)  # every rank calls it; rank 0 writes, atomically
         trainer.should_stop = True
         self.stopped_by = signal.Signals(signum).name
