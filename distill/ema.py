@@ -48,11 +48,13 @@ class SubmoduleEMA(L.Callback):
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         assert self.shadow is not None
-        for key, value in self._tracked(pl_module).items():
+        state = self._module(pl_module).state_dict()
+        for key, average in self.shadow.items():  # the tracked entries, chosen once in reset()
+            value = state[key].detach()
             if value.is_floating_point():
-                self.shadow[key].lerp_(value.detach(), 1.0 - self.decay)
+                average.lerp_(value, 1.0 - self.decay)
             else:
-                self.shadow[key].copy_(value)
+                average.copy_(value)
 
     def averaged_state(self) -> dict[str, torch.Tensor]:
         """A full state dict of the submodule: averaged entries over its current (frozen) ones."""
