@@ -23,7 +23,7 @@ from fewstep.distill.distill_config import LoraConfig, TeacherSourceConfig
 from fewstep.distill.model_dir import LoadedModel
 
 __all__ = ["FAMILIES", "Family", "apply_lora", "detect_family", "family_for", "is_lora", "load_hf_teacher",
-           "merged_copy"]
+           "merge_lora_", "merged_copy"]
 
 
 @dataclass(frozen=True)
@@ -240,9 +240,13 @@ def apply_lora(student: Denoiser, cfg: LoraConfig) -> Denoiser:
     return student
 
 
+def merge_lora_(denoiser: Denoiser) -> Denoiser:
+    """Merge a LoRA denoiser's adapters into plain weights, in place (a no-op without adapters)."""
+    if is_lora(denoiser.backbone):
+        denoiser.backbone = denoiser.backbone.merge_and_unload()
+    return denoiser
+
+
 def merged_copy(denoiser: Denoiser) -> Denoiser:
     """A copy of a LoRA student with the adapters merged into plain weights (the original is untouched)."""
-    merged = copy.deepcopy(denoiser)
-    if is_lora(merged.backbone):
-        merged.backbone = merged.backbone.merge_and_unload()
-    return merged
+    return merge_lora_(copy.deepcopy(denoiser))

@@ -60,12 +60,12 @@ class DistillModule(L.LightningModule):
     def set_teacher(self, weights: dict[str, torch.Tensor]) -> None:
         """Make `weights` (a student state dict, e.g. its EMA) the teacher for the next round."""
         if set(weights) != set(self.teacher.state_dict()):  # a smaller or LoRA student: take its shape
-            from fewstep.distill.adapters import is_lora, merged_copy
+            from fewstep.distill.adapters import merge_lora_
 
             teacher = copy.deepcopy(self.student)
             teacher.load_state_dict(weights)
             # a LoRA student teaches as plain merged weights: no adapters in the frozen teacher's forward
-            self.teacher = merged_copy(teacher) if is_lora(teacher.backbone) else teacher
+            self.teacher = merge_lora_(teacher)  # merged in place: the copy above is already ours
         else:
             self.teacher.load_state_dict(weights)
         self._freeze_teacher()
