@@ -92,10 +92,14 @@ def _copy_remote_code(backbone: Any, folder: Path) -> None:
             shutil.copy(source_dir / f"{name}.py", folder / f"{name}.py")
 
 
+def _find_model_dir(path: Path) -> Path | None:
+    """`path` itself if it is a model directory, its `model/` if it is a run directory, else None."""
+    return next((d for d in (path, path / "model") if (d / META_FILE).is_file()), None)
+
+
 def is_model_dir(path: str | Path) -> bool:
     """Whether `path` is a fewstep model directory or a run directory holding one at `model/`."""
-    path = Path(path)
-    return (path / META_FILE).is_file() or (path / "model" / META_FILE).is_file()
+    return _find_model_dir(Path(path)) is not None
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -103,10 +107,9 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model directory {path} does not exist")
-    if (path / META_FILE).is_file():
-        return path
-    if (path / "model" / META_FILE).is_file():
-        return path / "model"
+    found = _find_model_dir(path)
+    if found is not None:
+        return found
     raise ModelError(
         f"{path} is not a fewstep model directory (no {META_FILE}); pass a teacher or distillation run's "
         "out_dir, its model/ folder, or a directory written by `fewstep export`"
