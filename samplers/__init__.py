@@ -4,13 +4,14 @@
     out = sampler.generate(model, num_samples=8, seq_len=128, steps=16, seed=0)
     out.tokens, out.nfe_per_sequence, out.tokens_per_forward, out.wall_time
 
-`build_sampler` makes one by name (presets ancestral, llada, dream, fast-dllm, eb, learned); learned
+`build_sampler` makes one by name (presets ancestral, dilated, llada, dream, fast-dllm, eb, learned); learned
 allocations and policy heads live in a model directory's `scheduler_config.json`.
 """
 
 from fewstep.samplers.ancestral import SampleOutput, ancestral_sample, gumbel_argmax
 from fewstep.samplers.policies import (
     POLICY_NAMES,
+    DilatedPolicy,
     EntropyBoundedPolicy,
     Policy,
     RandomPolicy,
@@ -26,6 +27,7 @@ from fewstep.samplers.scheduler_config import load_learned, save_scheduler_confi
 from fewstep.samplers.schedules import (
     SCHEDULE_NAMES,
     AllocationSchedule,
+    GeometricSchedule,
     NoiseCurveSchedule,
     Schedule,
     make_step_schedule,
@@ -40,11 +42,13 @@ __all__ = [
     "StepRecord",
     "Schedule",
     "NoiseCurveSchedule",
+    "GeometricSchedule",
     "AllocationSchedule",
     "make_step_schedule",
     "SCHEDULE_NAMES",
     "Policy",
     "RandomPolicy",
+    "DilatedPolicy",
     "TopKPolicy",
     "ThresholdPolicy",
     "EntropyBoundedPolicy",

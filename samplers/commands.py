@@ -63,22 +63,24 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
         "--sampler",
         default="ancestral",
         choices=list(PRESETS),
-        help="a named sampler (policy + schedule): ancestral (MDLM, default), llada, dream, "
-        "fast-dllm, eb, learned (both from the model's scheduler_config.json)",
+        help="a named sampler (policy + schedule): ancestral (MDLM, default), dilated (far-apart "
+        "tokens first), llada, dream, fast-dllm, eb, learned (both from the model's scheduler_config.json)",
     )
     parser.add_argument(
         "--policy",
         default=None,
         choices=list(POLICY_NAMES),
-        help="which tokens to reveal, overriding the sampler's: random, confidence, margin, "
-        "entropy (top-k), threshold (Fast-dLLM), eb (entropy-bounded), learned",
+        help="which tokens to reveal, overriding the sampler's: random, dilated (a fixed order that "
+        "never reveals neighbours together while gaps remain), confidence, margin, entropy (top-k), "
+        "threshold (Fast-dLLM), eb (entropy-bounded), learned",
     )
     parser.add_argument(
         "--schedule",
         default=None,
         choices=[*SCHEDULE_NAMES, "learned"],
         help="how many tokens per step, overriding the sampler's: loglinear, linear, cosine, "
-        "ancestral (random counts, MDLM) or learned",
+        "geometric (doubling each step; pairs with --policy dilated), ancestral (random counts, MDLM) "
+        "or learned",
     )
     parser.add_argument(
         "--threshold", type=float, default=0.9, help="--policy threshold: top-1 probability (0.9)"
@@ -86,7 +88,7 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fallback",
         default=None,
-        choices=["random", "confidence", "margin", "entropy"],
+        choices=["random", "dilated", "confidence", "margin", "entropy"],
         help="--policy threshold / eb: the order that fills the schedule's count beyond the "
         "accepted tokens (default: their own score)",
     )

@@ -20,6 +20,8 @@ __all__ = [
     "Policy",
     "AcceptingPolicy",
     "RandomPolicy",
+    "DilatedPolicy",
+    "dilation_order",
     "TopKPolicy",
     "ThresholdPolicy",
     "EntropyBoundedPolicy",
@@ -27,7 +29,7 @@ __all__ = [
     "make_policy",
 ]
 
-POLICY_NAMES = ("random", "confidence", "margin", "entropy", "threshold", "eb", "learned")
+POLICY_NAMES = ("random", "dilated", "confidence", "margin", "entropy", "threshold", "eb", "learned")
 
 
 @dataclass
@@ -67,6 +69,35 @@ class RandomPolicy(Policy):
 
     def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
         return -ctx.uniform
+
+
+def dilation_order(width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Each position's place in a dilated order, [width]: position i gets its index bit-reversed.
+
+    Any prefix of the order is spread as evenly as it can be (0, 64, 32, 96, 16, ... for 128), so
+    the tokens revealed in one step sit far apart, and later ones fill the gaps between revealed
+    ones, one per gap, where a first-order chain makes them independent given their neighbours.
+    """
+    bits = max(1, (width - 1).bit_length())
+    index = torch.arange(width, device=device)
+    reversed_index = torch.zeros_like(index)
+    for bit in range(bits):
+        reversed_index |= ((index >> bit) & 1) << (bits - 1 - bit)
+    return reversed_index
+
+
+class DilatedPolicy(Policy):
+    """A fixed dilated order (after dilated unmasking schedules, DUS): never neighbours in one step while gaps remain.
+
+    Independent of the predictions, like the random order, but revealing k tokens at once costs
+    far less when nearby tokens depend on each other, since those are revealed in different steps.
+    """
+
+    name = "dilated"
+
+    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+        order = dilation_order(ctx.eligible.shape[1], ctx.eligible.device)
+        return (-order.to(torch.float64)).expand(ctx.eligible.shape)
 
 
 _STAT_SCORES = {
@@ -177,6 +208,8 @@ def make_policy(name: str, threshold: float = 0.9, gamma: float = 0.1, fallback:
     back = make_policy(fallback) if fallback is not None else None
     if name == "random":
         return RandomPolicy()
+    if name == "dilated":
+        return DilatedPolicy()
     if name in _STAT_SCORES:
         return TopKPolicy(name)
     if name == "threshold":

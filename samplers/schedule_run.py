@@ -25,20 +25,20 @@ class AllocationSearchConfig:
     """The direct search over per-step token counts."""
 
     policy: str = "auto"  # policy the allocation is searched with: auto (the learned head if what=both, else
-    # confidence), learned, or a heuristic (random, confidence, margin, entropy, threshold, eb)
+    # confidence), learned, or a heuristic (random, dilated, confidence, margin, entropy, threshold, eb)
     num_samples: int = 128  # samples per evaluation (same seeds for every candidate)
     iterations: int = 60  # candidate moves after the starting curves
-    patience: int = 8  # failed moves in a row before the move size halves
+    patience: int = 0  # distinct failed moves in a row before the move size halves (0: every possible move)
     heldout_samples: int = 256  # samples (other seeds) for the final check against the starting curve
     entropy_weight: float = 1.0  # penalty per nat of unigram entropy below the held-out data's
 
     def __post_init__(self) -> None:
-        choices = ("auto", "learned", "random", "confidence", "margin", "entropy", "threshold", "eb")
+        choices = ("auto", "learned", "random", "dilated", "confidence", "margin", "entropy", "threshold", "eb")
         if self.policy not in choices:
             raise ConfigError(f"allocation.policy={self.policy!r} is not one of {', '.join(choices)}")
-        if self.num_samples < 1 or self.heldout_samples < 1 or self.iterations < 0 or self.patience < 1:
+        if self.num_samples < 1 or self.heldout_samples < 1 or self.iterations < 0 or self.patience < 0:
             raise ConfigError(
-                "allocation.num_samples, heldout_samples and patience must be >= 1, iterations >= 0"
+                "allocation.num_samples and heldout_samples must be >= 1, iterations and patience >= 0"
             )
 
 
@@ -53,7 +53,7 @@ class PolicyLearnConfig:
     rollout_steps: int = 0  # steps of a reference rollout; 0 = seq_len (one token per step)
     rollout_policy: str = "confidence"  # confidence | margin | entropy
     fallback: str = "auto"  # order that fills the schedule's count beyond the head's picks: auto (the best of
-    # random, confidence, margin and the head's own order on validation quality), none, or a heuristic
+    # random, dilated, confidence, margin and the head's own order on validation quality), none, or a heuristic
     updates: int = 1000  # Adam steps on mini-batches of 4096 examples
     lr: float = 0.01
     max_examples: int = 200_000
@@ -70,10 +70,10 @@ class PolicyLearnConfig:
             raise ConfigError(
                 "policy.rollouts, heldout_rollouts and updates must be >= 1, rollout_steps >= 0"
             )
-        if self.fallback not in ("auto", "none", "random", "confidence", "margin", "entropy"):
+        if self.fallback not in ("auto", "none", "random", "dilated", "confidence", "margin", "entropy"):
             raise ConfigError(
-                f"policy.fallback={self.fallback!r} is not one of auto, none, random, confidence, margin, "
-                "entropy"
+                f"policy.fallback={self.fallback!r} is not one of auto, none, random, dilated, confidence, "
+                "margin, entropy"
             )
         if self.rollout_policy not in ("confidence", "margin", "entropy"):
             raise ConfigError(
@@ -217,7 +217,7 @@ def learn_schedule(
         heldout = imitation_data(model, cfg.policy.heldout_rollouts, seq_len, seed=cfg.seed + 7919, **kwargs)
         head = train_head(train, cfg.policy.hidden, cfg.policy.updates, cfg.policy.lr, seed=cfg.seed)
         fallbacks = (
-            ["none", "random", "confidence", "margin"]
+            ["none", "random", "dilated", "confidence", "margin"]
             if cfg.policy.fallback == "auto"
             else [cfg.policy.fallback]
         )

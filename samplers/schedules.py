@@ -3,8 +3,10 @@
 A schedule is a cumulative curve F(0) = 0 <= F(1) <= ... <= F(n) = 1 over a block's n steps. The
 fixed curves come from a noise schedule, F(k) = (alpha(1 - k/n) - alpha(1)) / (alpha(0) - alpha(1)),
 with the counts rounded (`loglinear`, `linear`, `cosine`) or drawn (`ancestral`: every masked token
-revealed with probability (F(k+1) - F(k)) / (1 - F(k)), exactly MDLM's sampler). A learned
-allocation (`AllocationSchedule`) stores its own curve for one step budget.
+revealed with probability (F(k+1) - F(k)) / (1 - F(k)), exactly MDLM's sampler). `geometric`
+doubles the count each step, F(k) = 2^(k - n), the first step taking the remainder: with a dilated
+order it reveals each level of the dilation in its own step. A learned allocation
+(`AllocationSchedule`) stores its own curve for one step budget.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from fewstep.distill.runtime import RunError
 __all__ = [
     "Schedule",
     "NoiseCurveSchedule",
+    "GeometricSchedule",
     "AllocationSchedule",
     "SCHEDULE_NAMES",
     "make_step_schedule",
     "curve_counts",
 ]
 
-SCHEDULE_NAMES = ("loglinear", "linear", "cosine", "ancestral")
+SCHEDULE_NAMES = ("loglinear", "linear", "cosine", "geometric", "ancestral")
 
 
 class Schedule:
@@ -85,6 +88,18 @@ class NoiseCurveSchedule(Schedule):
         return {"name": self.name, "noise": self.noise}
 
 
+class GeometricSchedule(Schedule):
+    """Each step reveals twice as many tokens as the one before: F(k) = 2^(k - n) for k >= 1."""
+
+    name = "geometric"
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        k = torch.arange(steps + 1, dtype=torch.float64)
+        fractions = torch.pow(2.0, k - steps)
+        fractions[0] = 0.0
+        return fractions
+
+
 class AllocationSchedule(Schedule):
     """A learned step allocation: an explicit reveal curve for exactly `steps` steps."""
 
@@ -142,4 +157,6 @@ def make_step_schedule(name: str, noise: str = "loglinear") -> Schedule:
         return NoiseCurveSchedule(noise, stochastic=True)
     if name in ("loglinear", "linear", "cosine"):
         return NoiseCurveSchedule(name)
+    if name == "geometric":
+        return GeometricSchedule()
     raise RunError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)} or learned")

@@ -50,6 +50,9 @@ def _head(fallback: str | None = None) -> LearnedPolicy:
 SAMPLERS = {
     "ancestral": lambda: Sampler(make_step_schedule("ancestral"), make_policy("random")),
     "random-loglinear": lambda: Sampler(make_step_schedule("loglinear"), make_policy("random")),
+    "dilated-loglinear": lambda: Sampler(make_step_schedule("loglinear"), make_policy("dilated")),
+    "dilated-geometric": lambda: Sampler(make_step_schedule("geometric"), make_policy("dilated")),
+    "dilated-blocks": lambda: Sampler(make_step_schedule("cosine"), make_policy("dilated"), block_size=5),
     "confidence-loglinear": lambda: Sampler(make_step_schedule("loglinear"), make_policy("confidence")),
     "margin-cosine": lambda: Sampler(make_step_schedule("cosine"), make_policy("margin")),
     "entropy-linear": lambda: Sampler(make_step_schedule("linear"), make_policy("entropy")),
@@ -77,6 +80,7 @@ EARLY_STOP = {
     "eb",
     "learned-policy",
     "margin-cosine",
+    "dilated-blocks",
     "entropy-linear",
     "threshold-random-fallback",
     "eb-margin-fallback",

@@ -11,6 +11,8 @@ from fewstep.samplers import LearnedPolicy, Sampler, make_policy, make_step_sche
 from fewstep.samplers.grpo import GRPOConfig, grpo_finetune
 from fewstep.samplers.learn_allocation import search_allocation
 from fewstep.samplers.learn_policy import head_accuracy, imitation_data, train_head
+from fewstep.samplers.policies import dilation_order
+from fewstep.samplers.schedules import curve_counts
 
 L = 32
 
@@ -26,6 +28,7 @@ def _nll(chain: MarkovChain, tokens: torch.Tensor) -> float:
 
 POLICIES = {
     "random": lambda: make_policy("random"),
+    "dilated": lambda: make_policy("dilated"),
     "confidence": lambda: make_policy("confidence"),
     "margin": lambda: make_policy("margin"),
     "entropy": lambda: make_policy("entropy"),
@@ -52,6 +55,28 @@ def test_few_steps_are_measurably_worse(chain):
         MarkovOracle(chain), 96, L, 4
     )
     assert _nll(chain, out.tokens) > 1.3 * exact and chain.invalid_rate(out.tokens) > 0.05
+
+
+def test_dilated_order_spreads_every_prefix():
+    order = dilation_order(16)
+    assert sorted(order.tolist()) == list(range(16))  # a permutation
+    first = order.argsort()
+    assert first[:4].tolist() == [0, 8, 4, 12]
+    for k in (2, 4, 8):  # the first k positions are evenly spaced, 16 / k apart
+        assert torch.diff(first[:k].sort().values).tolist() == [16 // k] * (k - 1)
+    assert sorted(dilation_order(11).tolist()) == sorted(set(dilation_order(11).tolist()))  # distinct off powers of 2
+
+
+def test_dilated_order_beats_random_when_neighbours_depend(chain):
+    """On a first-order chain, tokens in different gaps are independent given the revealed ones, so a
+    dilated order at L/8 tokens per step is nearly exact where the random order is far from it."""
+    exact = chain.expected_nll(L) / L
+    nll = {}
+    for name in ("random", "dilated"):
+        out = Sampler(make_step_schedule("loglinear"), make_policy(name)).generate(MarkovOracle(chain), 192, L, 4,
+                                                                                   seed=3)
+        nll[name] = _nll(chain, out.tokens)
+    assert nll["dilated"] < 1.1 * exact < 1.25 * exact < nll["random"]
 
 
 def test_selection_takes_the_best_eligible_with_random_ties():
@@ -115,10 +140,25 @@ def test_grpo_raises_the_reward_of_a_poor_head(chain):
 
 def test_allocation_search_improves_its_objective():
     """On a known objective the search moves tokens towards the better steps and never ends worse."""
-    target = [1, 1, 2, 4, 8, 16]
+    target = [16, 8, 4, 2, 1, 1]  # none of the starting curves
     result = search_allocation(
         lambda c: sum(abs(a - b) for a, b in zip(c, target)), 6, 32, iterations=200, seed=0
     )
     assert sum(result.counts) == 32 and min(result.counts) >= 0
     assert result.best_value < result.start_value
     assert result.best_value <= 2
+
+
+def test_geometric_schedule_doubles_each_step():
+    assert curve_counts(make_step_schedule("geometric"), 4, 128) == [16, 16, 32, 64]
+    assert curve_counts(make_step_schedule("geometric"), 1, 5) == [5]
+    assert sum(curve_counts(make_step_schedule("geometric"), 7, 20)) == 20
+
+
+def test_dilated_geometric_is_exact_at_few_steps(chain):
+    """Dilated order + geometric counts: after the first step every revealed token sits alone in its gap,
+    so only the first step's far-apart tokens are drawn jointly: log2(L) steps suffice on a chain."""
+    exact = chain.expected_nll(L) / L
+    out = Sampler(make_step_schedule("geometric"), make_policy("dilated")).generate(MarkovOracle(chain), 192, L, 3,
+                                                                                     seed=5)
+    assert abs(_nll(chain, out.tokens) - exact) < 0.05 * exact and chain.invalid_rate(out.tokens) < 0.005
