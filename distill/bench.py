@@ -64,8 +64,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear") -> tuple[SampleFn, str]:
-    """A sampler by name: `ancestral` (the MDLM reference) or a preset from fewstep.samplers."""
+def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear",
+               model_dir: str | Path | None = None, meta: dict[str, Any] | None = None) -> tuple[SampleFn, str]:
+    """A sampler by spec (`fewstep.samplers.presets.parse_spec`); `ancestral` is the MDLM reference sampler.
+
+    Returns the sampling function and the name of its schedule; learned parts come from `model_dir`.
+    """
     from fewstep.samplers.ancestral import ancestral_sample
 
     if name == "ancestral":
@@ -75,11 +79,18 @@ def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear") -> 
             return out.tokens, out.nfe_per_sequence, out.wall_time
 
         return sample, schedule
-    try:
-        from fewstep.samplers.presets import bench_sampler
-    except ImportError as error:
-        raise ConfigError(f"unknown sampler {name!r}; available: ancestral") from error
-    return bench_sampler(name, device, schedule)
+    from fewstep.samplers.presets import sampler_from_spec, spec_schedule
+
+    meta = {"noise_schedule": schedule, **(meta or {})}
+    if "learned" not in name:
+        sampler_from_spec(name, 8, meta, model_dir)  # a bad spec fails here, before any sampling
+
+    def sample_with(model, num, seq_len, steps, seed):
+        sampler = sampler_from_spec(name, steps, meta, model_dir)
+        out = sampler.generate(model, num, seq_len, steps, seed=seed, device=device)
+        return out.tokens, out.nfe_per_sequence, out.wall_time
+
+    return sample_with, spec_schedule(name)
 
 
 def _data_for(meta: dict[str, Any]):
@@ -94,6 +105,18 @@ def _task_key(model: Any) -> tuple:
     source = data["markov"] if data["source"] == "markov" else (data.get("path"), data.get("tokenizer"))
     return (data["source"], str(source), model.meta.get("seq_len"), model.denoiser.vocab_size,
             model.denoiser.mask_id)
+
+
+def _budgets(name: str, model: Any, sampler: str, steps: list[int]) -> list[int]:
+    """The step counts to measure: all of them, or for a learned sampler the one budget it was learned for."""
+    if "learned" not in sampler:
+        return list(steps)
+    from fewstep.samplers.scheduler_config import SCHEDULER_FILE, read_scheduler_config
+
+    if model.path is None or not (Path(model.path) / SCHEDULER_FILE).is_file():
+        print(f"bench: {name} has no {SCHEDULER_FILE}, so the {sampler!r} sampler skips it")
+        return []
+    return [int(read_scheduler_config(model.path)["steps"])]
 
 
 def run_bench(cfg: BenchRunConfig, progress: bool = True) -> dict[str, Any]:
@@ -117,12 +140,17 @@ def run_bench(cfg: BenchRunConfig, progress: bool = True) -> dict[str, Any]:
         from fewstep.distill.evaluator import load_evaluator
 
         evaluator = load_evaluator(cfg.evaluator, device=device)
-    candidates = []
+    jobs = []
     for name, model in loaded.items():
         for sampler in cfg.samplers:
-            fn, schedule = sampler_fn(sampler, device, model.meta.get("noise_schedule", "loglinear"))
-            candidates.append(Candidate(name, model.denoiser, sampler, schedule, fn))
-    jobs = [(c, n) for c in candidates for n in cfg.steps]
+            budgets = _budgets(name, model, sampler, cfg.steps)
+            if not budgets:
+                continue
+            fn, schedule = sampler_fn(sampler, device, model.meta.get("noise_schedule", "loglinear"),
+                                      model_dir=model.path, meta=model.meta)
+            jobs += [(Candidate(name, model.denoiser, sampler, schedule, fn), n) for n in budgets]
+    if not jobs:
+        raise ConfigError(f"nothing to measure: no model has what the samplers {cfg.samplers} need")
     from tqdm.auto import tqdm
 
     rows = []

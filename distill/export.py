@@ -92,19 +92,27 @@ class Pipeline:
     tokenizer: Any
     meta: dict[str, Any]
     generation: dict[str, Any]
+    directory: Path | None = None  # where learned schedules (scheduler_config.json) are read from
 
     def generate(self, num_samples: int = 1, steps: int | None = None, seed: int = 0,
                  temperature: float | None = None, seq_len: int | None = None,
                  batch_size: int = 64) -> dict[str, Any]:
-        """Sample with the export's defaults; returns texts, token ids and the NFE used."""
+        """Sample with the export's defaults (its tuned sampler and schedule); returns texts, ids and NFE."""
         from fewstep.samplers.ancestral import ancestral_sample
+        from fewstep.samplers.presets import sampler_from_spec
 
         steps = steps or int(self.generation["steps"])
-        out = ancestral_sample(self.denoiser, num_samples, seq_len or int(self.meta.get("seq_len", 64)), steps,
-                               self.denoiser.mask_id, schedule=self.generation.get("schedule", "loglinear"),
-                               seed=seed, batch_size=batch_size,
-                               temperature=self.generation.get("temperature", 1.0) if temperature is None
-                               else temperature)
+        seq_len = seq_len or int(self.meta.get("seq_len", 64))
+        temperature = self.generation.get("temperature", 1.0) if temperature is None else temperature
+        sampler = self.generation.get("sampler", "ancestral")
+        if sampler == "ancestral":
+            out = ancestral_sample(self.denoiser, num_samples, seq_len, steps, self.denoiser.mask_id,
+                                   schedule=self.generation.get("schedule", "loglinear"), seed=seed,
+                                   batch_size=batch_size, temperature=temperature)
+        else:
+            meta = {"noise_schedule": self.meta.get("noise_schedule", "loglinear"), **self.meta}
+            out = sampler_from_spec(sampler, steps, meta, self.directory, temperature).generate(
+                self.denoiser, num_samples, seq_len, steps, seed=seed, batch_size=batch_size)
         return {"texts": [self.tokenizer.decode(row.tolist()) for row in out.tokens], "tokens": out.tokens,
                 "nfe": out.nfe_per_sequence, "steps": steps}
 
@@ -120,4 +128,4 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
             generation.update(json.loads((directory / GENERATION_FILE).read_text()))
         except json.JSONDecodeError as error:
             raise ModelError(f"{directory / GENERATION_FILE} is not valid JSON ({error})") from error
-    return Pipeline(loaded.denoiser, loaded.tokenizer, loaded.meta, generation)
+    return Pipeline(loaded.denoiser, loaded.tokenizer, loaded.meta, generation, directory)

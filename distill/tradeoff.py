@@ -177,7 +177,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
 
 def log_wandb(rows: list[dict[str, Any]], pareto_png: Path, run: Any, artifact_dir: Path | None = None,
               prefix: str = "tradeoff") -> None:
-    """Log a Table, a line chart per model (quality against steps), the Pareto chart and the export."""
+    """Log a Table, a line chart per model (quality against steps, a line per sampler), the Pareto chart and the export."""
     import wandb
 
     key = quality_key(rows)
@@ -188,9 +188,11 @@ def log_wandb(rows: list[dict[str, Any]], pareto_png: Path, run: Any, artifact_d
     logged: dict[str, Any] = {f"{prefix}/table": table, f"{prefix}/pareto": wandb.Image(str(pareto_png))}
     for model in sorted({r["model"] for r in rows}):
         sub = [r for r in rows if r["model"] == model]
-        sub_table = wandb.Table(columns=["steps", key], data=[[r["steps"], r["quality"][key]] for r in sub])
+        # one line per sampler of this model
+        sub_table = wandb.Table(columns=["sampler", "steps", key],
+                                data=[[r["sampler"], r["steps"], r["quality"][key]] for r in sub])
         logged[f"{prefix}/{model}/{key}_vs_steps"] = wandb.plot.line(
-            sub_table, "steps", key, title=f"{model}: {key} against steps")
+            sub_table, "steps", key, stroke="sampler", title=f"{model}: {key} against steps, per sampler")
     run.log(logged)
     if artifact_dir is not None and Path(artifact_dir).exists():
         artifact = wandb.Artifact(name=Path(artifact_dir).name.replace("/", "-") or "model", type="model")

@@ -9,7 +9,7 @@ from typing import Any
 
 from fewstep.distill.runtime import RunError
 
-__all__ = ["Target", "tune", "load_tradeoff"]
+__all__ = ["Target", "tune", "reference_row", "load_tradeoff"]
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Target:
     reference_steps: int
     max_ratio: float = 1.05
     min_entropy_ratio: float = 0.95
+    reference_sampler: str = "ancestral"  # the reference row's sampler, when the sweep has several
 
 
 def load_tradeoff(path: str | Path) -> dict[str, Any]:
@@ -37,14 +38,19 @@ def load_tradeoff(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(chosen row, reference row): the fewest steps meeting the target, ties to the faster row."""
+def reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
+    """The row the target is relative to: the reference model at its steps, with the reference sampler if run."""
     reference = [r for r in rows if r["model"] == target.reference_model and r["steps"] == target.reference_steps]
     if not reference:
         have = sorted({f"{r['model']}@{r['steps']}" for r in rows})
         raise RunError(f"no row for the reference {target.reference_model}@{target.reference_steps}; rows: "
                        f"{', '.join(have)}")
-    ref = reference[0]
+    return next((r for r in reference if r.get("sampler") == target.reference_sampler), reference[0])
+
+
+def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(chosen row, reference row): the fewest steps meeting the target, ties to the faster row."""
+    ref = reference_row(rows, target)
     if target.metric not in ref["quality"]:
         raise RunError(f"the rows have no quality metric {target.metric!r}; they have "
                        f"{', '.join(sorted(ref['quality']))}")

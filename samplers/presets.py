@@ -11,11 +11,12 @@ from fewstep.samplers.sampler import Sampler
 from fewstep.samplers.scheduler_config import load_learned
 from fewstep.samplers.schedules import SCHEDULE_NAMES, Schedule, make_step_schedule
 
-__all__ = ["PRESETS", "build_sampler"]
+__all__ = ["PRESETS", "build_sampler", "parse_spec", "sampler_from_spec", "spec_schedule"]
 
 # preset -> (policy, schedule)
 PRESETS: dict[str, tuple[str, str]] = {
     "ancestral": ("random", "ancestral"),  # MDLM
+    "dilated": ("dilated", "loglinear"),  # far-apart tokens first (DUS)
     "llada": ("confidence", "loglinear"),  # low-confidence remasking
     "dream": ("entropy", "loglinear"),
     "fast-dllm": ("threshold", "loglinear"),
@@ -69,3 +70,33 @@ def build_sampler(
     else:
         chosen_schedule = make_step_schedule(schedule_name, meta.get("noise_schedule", "loglinear"))
     return Sampler(chosen_schedule, chosen_policy, block_size=block_size, temperature=temperature)
+
+
+def parse_spec(spec: str) -> dict[str, str | None]:
+    """A sampler spec: a preset (`ancestral`, `dilated`, `llada`, `eb`, `learned`, ...) or
+    `POLICY[+FALLBACK][/SCHEDULE]`, e.g. `eb+random/loglinear` or `dilated/geometric`."""
+    if spec in PRESETS:
+        return {"sampler": spec, "policy": None, "fallback": None, "schedule": None}
+    policy, _, schedule = spec.partition("/")
+    policy, _, fallback = policy.partition("+")
+    return {"sampler": "ancestral", "policy": policy, "fallback": fallback or None, "schedule": schedule or None}
+
+
+def sampler_from_spec(
+    spec: str,
+    steps: int,
+    meta: dict[str, Any] | None = None,
+    model_dir: str | Path | None = None,
+    temperature: float = 1.0,
+) -> Sampler:
+    """The sampler a spec names (see `parse_spec`); the schedule defaults to the preset's, else loglinear."""
+    parts = parse_spec(spec)
+    schedule = parts["schedule"] or (None if parts["policy"] is None else "loglinear")
+    return build_sampler(parts["sampler"], policy=parts["policy"], schedule=schedule, steps=steps, meta=meta,
+                         model_dir=model_dir, fallback=parts["fallback"], temperature=temperature)
+
+
+def spec_schedule(spec: str) -> str:
+    """The name of the schedule a spec uses."""
+    parts = parse_spec(spec)
+    return parts["schedule"] or (PRESETS[parts["sampler"]][1] if parts["policy"] is None else "loglinear")

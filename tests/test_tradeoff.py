@@ -11,6 +11,7 @@ from wandb_records import chart_specs, history_keys, read_records
 
 import fewstep
 from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench
+from fewstep.distill.config import LoggerConfig, WandbConfig
 from fewstep.distill.denoiser import ModelError
 from fewstep.distill.export import export_model
 from fewstep.distill.runtime import RunError
@@ -82,6 +83,22 @@ def test_bench_writes_tradeoff_pareto_and_a_wandb_run(tiny_teacher, tmp_path):
     assert table["columns"][:4] == ["model", "sampler", "schedule", "steps"] and len(table["data"]) == 4
 
 
+def test_bench_sweeps_samplers_by_preset_or_policy_and_schedule(tiny_teacher, tmp_path):
+    cfg = BenchRunConfig(out_dir=str(tmp_path / "b"), models=[BenchModel("teacher", str(tiny_teacher))],
+                         samplers=["ancestral", "dilated", "eb+random/cosine", "learned"], steps=[2, 4],
+                         num_samples=4, repeats=1, logger=LoggerConfig(wandb=WandbConfig(mode="disabled")))
+    rows = run_bench(cfg, progress=False)["rows"]
+    # `learned` is skipped: the tiny teacher has no scheduler_config.json
+    assert [(r["sampler"], r["schedule"], r["steps"]) for r in rows] == [
+        ("ancestral", "loglinear", 2), ("ancestral", "loglinear", 4), ("dilated", "loglinear", 2),
+        ("dilated", "loglinear", 4), ("eb+random/cosine", "cosine", 2), ("eb+random/cosine", "cosine", 4)]
+    assert all(r["nfe"] <= r["steps"] for r in rows)
+    for bad, message in (("nonsense", "unknown policy 'nonsense'"), ("random/zigzag", "unknown schedule 'zigzag'")):
+        with pytest.raises(RunError, match=message):
+            run_bench(BenchRunConfig(out_dir=str(tmp_path / "c"), models=cfg.models, samplers=[bad], steps=[2],
+                                     num_samples=2, repeats=1, logger=cfg.logger), progress=False)
+
+
 def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_path):
     out = export_model(tiny_teacher / "checkpoints" / "last.ckpt", tmp_path / "export", {"steps": 6})
     pipeline = fewstep.load(out)
@@ -95,6 +112,21 @@ def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_pa
     cli = run_cli("generate", str(out), "--num-samples", "3", "--seed", "7")
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert [json.loads(line)["tokens"] for line in cli.stdout.splitlines()] == expected.tolist()
+
+
+def test_export_generates_with_its_tuned_sampler(tiny_teacher, tmp_path):
+    """A tuned sampler other than ancestral (here the dilated order with geometric counts) is what
+    `fewstep.load(...).generate()` uses."""
+    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.samplers import Sampler, make_policy, make_step_schedule
+
+    out = export_model(tiny_teacher, tmp_path / "export", {"steps": 4, "sampler": "dilated/geometric",
+                                                          "schedule": "geometric"})
+    result = fewstep.load(out).generate(num_samples=3, seed=7)
+    memory = load_model_dir(tiny_teacher).denoiser
+    expected = Sampler(make_step_schedule("geometric"), make_policy("dilated")).generate(memory, 3, 16, 4, seed=7)
+    assert torch.equal(result["tokens"], expected.tokens) and result["nfe"] == expected.nfe_per_sequence
+    assert not torch.equal(result["tokens"], ancestral_sample(memory, 3, 16, 4, memory.mask_id, seed=7).tokens)
 
 
 def test_export_refuses_bad_sources(tiny_teacher, tmp_path):
