@@ -7,8 +7,11 @@ For every variant (method:divergence) it runs `fewstep distill` (configs/distill
 the overrides; a finished variant is reused), then samples with float64 Gumbel noise over several
 seeds: the teacher at `--teacher-steps` (e.g. 1024 and 128), the undistilled teacher and each
 round's student at the rounds' step counts. Reports mean and standard deviation over seeds of the
-exact NLL per token, invalid-transition rate and unigram entropy (markov) or the teacher's NELBO of
-the samples and entropy (corpora). Writes `<out>/bench.json` and prints Markdown tables.
+exact NLL per token, invalid-transition rate and unigram entropy (markov), or for corpora the
+teacher's NELBO of the samples, the generative NLL under `--evaluator` (an autoregressive model from
+`fewstep evaluator`), the fraction of Python lines that parse (stdlib) and entropy. `--sampler`
+picks the sampler every row uses (`ancestral`, the MDLM reference, by default; e.g. `dilated`).
+Writes `<out>/bench.json` (`bench-<sampler>.json` for another sampler) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -28,19 +31,22 @@ from fewstep.distill.data import build_data
 from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
+from fewstep.distill.bench import sampler_fn
 from fewstep.distill.quality import sample_quality
+from fewstep.distill.tradeoff import sample_quality_row
 from fewstep.pipeline import format_table
-from fewstep.samplers.ancestral import ancestral_sample
 
 
 def evaluate(model, label: str, steps: int, data, reference, seeds: list[int], num_samples: int,
-             schedule: str) -> dict:
+             schedule: str, sampler: str = "ancestral", evaluator=None) -> dict:
+    sample, _ = sampler_fn(sampler, torch.device("cpu"), schedule)
     runs = []
     for seed in seeds:
-        out = ancestral_sample(model, num_samples, data.train.shape[1], steps, data.mask_id, schedule=schedule,
-                               seed=1000 + seed, device="cpu")
-        runs.append({**sample_quality(out.tokens, data, reference, schedule),
-                     "tokens_per_s": out.tokens.numel() / out.wall_time})
+        tokens, _, seconds = sample(model, num_samples, data.train.shape[1], steps, 1000 + seed)
+        quality = sample_quality(tokens, data, reference, schedule)
+        if data.task is None:
+            quality.update(sample_quality_row(tokens, data, evaluator))
+        runs.append({**quality, "tokens_per_s": tokens.numel() / seconds})
     row = {"model": label, "steps": steps}
     for key in runs[0]:
         values = [r[key] for r in runs]
@@ -63,6 +69,11 @@ def main() -> int:
     parser.add_argument("--teacher-steps", default="1024,128", help="teacher reference step counts")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--sampler", default="ancestral",
+                        help="sampler of every row: ancestral (MDLM reference), a preset (dilated, llada, eb, ...) "
+                             "or POLICY[+FALLBACK][/SCHEDULE]")
+    parser.add_argument("--evaluator", default=None,
+                        help="autoregressive evaluator directory (fewstep evaluator): generative NLL of corpus samples")
     args = parser.parse_intermixed_args()
 
     teacher = load_model_dir(args.teacher)
@@ -86,29 +97,40 @@ def main() -> int:
             run_distill(cfg, resume=resume)
         report["variants"][variant] = {"config": cfg.out_dir, "distill_seconds": time.perf_counter() - start}
 
-    data = build_data(first_cfg.data)
+    # corpora: the teacher's own tokenizer, as the distillation runs used
+    data = build_data(first_cfg.data, tokenizer=None if first_cfg.data.source == "markov" else teacher.tokenizer)
+    evaluator = None
+    if args.evaluator:
+        from fewstep.distill.evaluator import load_evaluator
+
+        evaluator = load_evaluator(args.evaluator)
+    run = dict(sampler=args.sampler, evaluator=evaluator)
     schedule = teacher.meta.get("noise_schedule", "loglinear")
     reference = teacher.denoiser
-    rows = [evaluate(teacher.denoiser, "teacher", n, data, reference, seeds, args.num_samples, schedule)
+    rows = [evaluate(teacher.denoiser, "teacher", n, data, reference, seeds, args.num_samples, schedule, **run)
             for n in (int(s) for s in args.teacher_steps.split(","))]
     round_steps = [first_cfg.rounds.steps_for(r) for r in range(first_cfg.rounds.count)]
-    rows += [evaluate(teacher.denoiser, "undistilled teacher", n, data, reference, seeds, args.num_samples, schedule)
-             for n in round_steps]
+    rows += [evaluate(teacher.denoiser, "undistilled teacher", n, data, reference, seeds, args.num_samples, schedule,
+                      **run) for n in round_steps]
     for variant, info in report["variants"].items():
         for r, n in enumerate(round_steps):
             student = load_model_dir(Path(info["config"]) / f"round_{r}" / "model").denoiser
             rows.append(evaluate(student, f"{variant} round {r}", n, data, reference, seeds, args.num_samples,
-                                 schedule))
+                                 schedule, **run))
     report["rows"] = rows
+    report["sampler"] = args.sampler
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    name = "bench.json" if args.sampler == "ancestral" else f"bench-{args.sampler.replace('/', '_')}.json"
+    (out / name).write_text(json.dumps(report, indent=2))
 
-    metric = "exact_nll" if data.task is not None else "teacher_nelbo"
-    extra = ["invalid_rate"] if data.task is not None else []
+    metric = "exact_nll" if data.task is not None else ("gen_nll" if evaluator is not None else "teacher_nelbo")
+    extra = ["invalid_rate"] if data.task is not None else (
+        ["teacher_nelbo", "python_lines_ok"] if evaluator is not None else [])
     table = [{"model": r["model"], "steps": r["steps"], **{k: fmt(r, k) for k in [metric, *extra, "entropy"]},
               "tokens_per_s": f"{r['tokens_per_s']:.0f}"} for r in rows]
     print(format_table(table, ["model", "steps", metric, *extra, "entropy", "tokens_per_s"]))
-    print(f"\nmean ± sd over seeds {seeds}, {args.num_samples} samples each; machine: {report['machine']}")
+    print(f"\nsampler {args.sampler}; mean ± sd over seeds {seeds}, {args.num_samples} samples each; "
+          f"machine: {report['machine']}")
     return 0
 
 

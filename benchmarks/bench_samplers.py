@@ -35,6 +35,8 @@ HEURISTICS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "random / loglinear": ("random", "loglinear", {}),
     "random / linear": ("random", "linear", {}),
     "random / cosine": ("random", "cosine", {}),
+    "dilated / loglinear (DUS)": ("dilated", "loglinear", {}),
+    "dilated / cosine": ("dilated", "cosine", {}),
     "confidence / loglinear (LLaDA)": ("confidence", "loglinear", {}),
     "margin / loglinear": ("margin", "loglinear", {}),
     "entropy / loglinear": ("entropy", "loglinear", {}),
@@ -46,6 +48,7 @@ HEURISTICS: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),
     "eb 0.1 / loglinear (EB-sampler)": ("eb", "loglinear", {"gamma": 0.1}),
     "eb 0.1, random fallback / loglinear": ("eb", "loglinear", {"gamma": 0.1, "fallback": "random"}),
+    "eb 0.1, dilated fallback / loglinear": ("eb", "loglinear", {"gamma": 0.1, "fallback": "dilated"}),
 }
 ADAPTIVE = ("threshold", "eb")  # policies whose NFE is their own: also run at one step per token
 EVAL_SEED = 1_000  # the learned parts are searched and trained on seeds 0.. and rollouts 0.., never this one
@@ -91,6 +94,8 @@ def bench_denoiser(
     )
     vocab = chain.num_states + 1
     for label, (policy, schedule, options) in HEURISTICS.items():
+        if args.policies and policy not in args.policies:
+            continue
         sampler = Sampler(make_step_schedule(schedule), make_policy(policy, **options))
         adaptive = args.adaptive and policy in ADAPTIVE and seq_len not in args.steps
         budgets = [*args.steps, seq_len] if adaptive else args.steps
@@ -120,19 +125,22 @@ def bench_denoiser(
             ["model=in-process", "what=allocation", f"allocation.policy={args.alloc_policy}", *common],
         )
         alloc_schedule, _, alloc_report = learn_schedule(model, cfg, seq_len, vocab, chain, data)
-        cfg = load_config(ScheduleRunConfig, None, ["model=in-process", "what=both", *common])
-        schedule, head_policy, report = learn_schedule(model, cfg, seq_len, vocab, chain, data)
-        extra = {
-            "learn_seconds": round(time.perf_counter() - began, 1),
-            "policy_head": report["policy"],
-            "allocation": {"random": alloc_report["allocation"], "head": report["allocation"]},
-        }
         learned = {
             f"learned allocation / {args.alloc_policy}": Sampler(
                 alloc_schedule, make_policy(args.alloc_policy)
             ),
-            f"learned head (at {steps}) / learned allocation": Sampler(schedule, head_policy),
         }
+        extra: dict[str, Any] = {"allocation": {args.alloc_policy: alloc_report["allocation"]}}
+        head_budgets: list[int] = []
+        if args.head:
+            cfg = load_config(ScheduleRunConfig, None, ["model=in-process", "what=both", *common])
+            schedule, head_policy, report = learn_schedule(model, cfg, seq_len, vocab, chain, data)
+            extra = {"policy_head": report["policy"],
+                     "allocation": {**extra["allocation"], "head": report["allocation"]}}
+            learned[f"learned head (at {steps}) / learned allocation"] = Sampler(schedule, head_policy)
+            budgets = [*args.steps, seq_len] if args.adaptive and seq_len not in args.steps else args.steps
+            head_budgets = budgets if n == 0 else [steps]
+        extra["learn_seconds"] = round(time.perf_counter() - began, 1)
         for label, sampler in learned.items():
             rows.append(
                 {
@@ -142,18 +150,17 @@ def bench_denoiser(
                     **measure(model, sampler, chain, args.num_samples, seq_len, steps, args.batch_size),
                 }
             )
-        head_sampler = Sampler(make_step_schedule("loglinear"), head_policy)
-        budgets = [*args.steps, seq_len] if args.adaptive and seq_len not in args.steps else args.steps
-        for budget in budgets if n == 0 else [steps]:
+        for budget in head_budgets:
             rows.append(
                 {
                     "denoiser": name,
                     "sampler": f"learned head (at {steps}) / loglinear",
                     **extra,
-                    **measure(model, head_sampler, chain, args.num_samples, seq_len, budget, args.batch_size),
+                    **measure(model, Sampler(make_step_schedule("loglinear"), head_policy), chain,
+                              args.num_samples, seq_len, budget, args.batch_size),
                 }
             )
-        for row in rows[-len(learned) - (len(budgets) if n == 0 else 1) :]:
+        for row in rows[-len(learned) - len(head_budgets) :]:
             print(
                 json.dumps({k: v for k, v in row.items() if k not in ("allocation", "policy_head")}),
                 flush=True,
@@ -233,6 +240,10 @@ def main() -> int:
     parser.add_argument("--steps", default="4,8,16,32,64", help="step budgets")
     parser.add_argument("--learn-steps", default="8,16", help="budgets to learn an allocation for")
     parser.add_argument("--alloc-policy", default="random", help="policy the allocation is searched with")
+    parser.add_argument("--policies", default="",
+                        help="comma-separated policies whose heuristic rows to run (default: all)")
+    parser.add_argument("--no-head", dest="head", action="store_false",
+                        help="learn the allocation only, not the policy head")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--search-samples", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=30)
@@ -253,6 +264,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     args.steps = [int(s) for s in args.steps.split(",")]
     args.learn_steps = [int(s) for s in args.learn_steps.split(",") if s]
+    args.policies = [p for p in args.policies.split(",") if p]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -266,7 +278,7 @@ def main() -> int:
                 f"{path}: not a markov model; this benchmark scores samples exactly on markov only"
             )
         rows += bench_denoiser(name or path, loaded.denoiser, chain, int(loaded.meta["seq_len"]), args)
-        if args.oracle:  # the oracle of the same chain
+        if args.oracle and not any(r["denoiser"] == "oracle" for r in rows):  # the oracle of the same chain, once
             rows += bench_denoiser("oracle", MarkovOracle(chain), chain, int(loaded.meta["seq_len"]), args)
     if args.oracle and not args.model:
         chain = MarkovChain.from_config(MarkovConfig())
