@@ -1,7 +1,8 @@
 """`fewstep quickstart`: the whole pipeline on the embedded default, with a results table.
 
-teacher -> reference autoregressive evaluator -> distilled students (SDTT rounds) -> trade-off
-sweep (tradeoff.json, pareto.png, W&B) -> tune (fewest steps meeting the quality target) -> export.
+teacher -> reference autoregressive evaluator -> distilled students (SDTT rounds) -> a learned step
+allocation for the last student -> trade-off sweep over samplers and step counts (tradeoff.json,
+pareto.png, W&B) -> tune (fewest steps meeting the quality target) -> export.
 Each stage writes into its own folder under --out and is reused on a re-run unless --fresh; a
 re-run with other settings is refused rather than mixing two configurations.
 """
@@ -32,6 +33,9 @@ class QuickstartConfig(TeacherRunConfig):
     distill_rounds: int = 3
     distill_steps_per_round: int = 150
     distill_lr: float = 1e-3
+    schedule_policy: str = "dilated"  # the order the last student's step allocation is learned with
+    schedule_iterations: int = 24  # allocation search moves
+    bench_samplers: list[str] = field(default_factory=lambda: ["ancestral", "dilated/geometric", "learned"])
     bench_steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
     bench_samples: int = 64
     bench_repeats: int = 3
@@ -61,7 +65,7 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
     from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
     from fewstep.distill.export import export_model
     from fewstep.distill.train import train_teacher
-    from fewstep.distill.tune import Target, tune
+    from fewstep.distill.tune import Target, reference_row, tune
     from fewstep.pipeline import format_table
 
     start = time.perf_counter()
@@ -76,7 +80,7 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
                        "before, pass --fresh to start over, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
-    total = 6
+    total = 7
 
     teacher_dir = out / "teacher"
     if not _stage("teacher", 1, total, (teacher_dir / "model" / "fewstep.json").exists(), teacher_dir / "model"):
@@ -95,32 +99,43 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
         train_evaluator(ev_cfg, resume=(evaluator_dir / "checkpoints" / "last.ckpt").exists())
 
     distill_dir = out / "distill"
+    d_cfg = load_config(DistillRunConfig, None, [
+        f"teacher.path={teacher_dir}", f"out_dir={distill_dir}", "method=sdtt", "loss.divergence=kl_bwd",
+        f"rounds.start_steps={cfg.distill_start_steps}", f"rounds.count={cfg.distill_rounds}",
+        f"rounds.steps_per_round={cfg.distill_steps_per_round}", f"optim.lr={cfg.distill_lr}",
+        "optim.warmup_steps=20", "optim.ema=0.99", f"trainer.progress={cfg.trainer.progress}",
+        f"trainer.batch_size={min(cfg.trainer.batch_size, 32)}", "trainer.log_every=10",
+        f"eval.num_samples={min(cfg.bench_samples, 64)}"])
+    d_cfg = _section(d_cfg, DistillRunConfig, data=asdict(cfg.data), logger=asdict(cfg.logger))
     if not _stage("distillation", 3, total, (distill_dir / "model" / "fewstep.json").exists(), distill_dir / "model"):
-        d_cfg = load_config(DistillRunConfig, None, [
-            f"teacher.path={teacher_dir}", f"out_dir={distill_dir}", "method=sdtt", "loss.divergence=kl_bwd",
-            f"rounds.start_steps={cfg.distill_start_steps}", f"rounds.count={cfg.distill_rounds}",
-            f"rounds.steps_per_round={cfg.distill_steps_per_round}", f"optim.lr={cfg.distill_lr}",
-            "optim.warmup_steps=20", "optim.ema=0.99", f"trainer.progress={cfg.trainer.progress}",
-            f"trainer.batch_size={min(cfg.trainer.batch_size, 32)}", "trainer.log_every=10",
-            f"eval.num_samples={min(cfg.bench_samples, 64)}"])
-        d_cfg = _section(d_cfg, DistillRunConfig, data=asdict(cfg.data),
-                         logger=asdict(cfg.logger))
         run_distill(d_cfg, resume=(distill_dir / "checkpoints" / "last.ckpt").exists())
+
+    last_student = distill_dir / f"round_{cfg.distill_rounds - 1}" / "model"
+    student_steps = d_cfg.rounds.steps_for(cfg.distill_rounds - 1)
+    if not _stage(f"learned step allocation ({student_steps} steps, {cfg.schedule_policy} order)", 4, total,
+                  (last_student / "scheduler_config.json").exists(), last_student / "scheduler_config.json"):
+        from fewstep.samplers.schedule_run import ScheduleRunConfig, run_schedule_config
+
+        run_schedule_config(load_config(ScheduleRunConfig, None, [
+            f"model={last_student}", f"steps={student_steps}", "what=allocation",
+            f"allocation.policy={cfg.schedule_policy}", f"allocation.iterations={cfg.schedule_iterations}",
+            f"allocation.num_samples={cfg.bench_samples}", f"allocation.heldout_samples={2 * cfg.bench_samples}"]))
 
     bench_dir = out / "bench"
     models = [BenchModel("teacher", str(teacher_dir))] + [
         BenchModel(f"student-r{r}", str(distill_dir / f"round_{r}")) for r in range(cfg.distill_rounds)]
-    if not _stage("trade-off sweep", 4, total, (bench_dir / "tradeoff.json").exists(), bench_dir / "tradeoff.json"):
+    if not _stage("trade-off sweep", 5, total, (bench_dir / "tradeoff.json").exists(), bench_dir / "tradeoff.json"):
         bench_cfg = BenchRunConfig(out_dir=str(bench_dir), models=models, evaluator=str(evaluator_dir),
-                                   steps=list(cfg.bench_steps), num_samples=cfg.bench_samples,
-                                   repeats=cfg.bench_repeats, export=str(distill_dir / "model"), logger=cfg.logger)
+                                   samplers=list(cfg.bench_samplers), steps=list(cfg.bench_steps),
+                                   num_samples=cfg.bench_samples, repeats=cfg.bench_repeats,
+                                   export=str(distill_dir / "model"), logger=cfg.logger)
         run_bench(bench_cfg, progress=progress and cfg.trainer.progress)
     import json
 
     payload = json.loads((bench_dir / "tradeoff.json").read_text())
     rows = payload["rows"]
 
-    print(f"[5/{total}] tune", flush=True)
+    print(f"[6/{total}] tune", flush=True)
     metric = "exact_nll" if "exact_nll" in rows[0]["quality"] else "gen_nll"
     reference_steps = max(r["steps"] for r in rows if r["model"] == "teacher")
     target = Target(metric, "teacher", reference_steps, cfg.target_ratio, cfg.min_entropy_ratio)
@@ -128,26 +143,28 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
         chosen, reference = tune(rows, target)
     except RunError as error:  # no row meets the target: deploy the teacher at full steps, and say so
         print(f"  {error}; exporting the teacher at {reference_steps} steps")
-        chosen = reference = next(r for r in rows if r["model"] == "teacher" and r["steps"] == reference_steps)
+        chosen = reference = reference_row(rows, target)
 
-    print(f"[6/{total}] export", flush=True)
+    print(f"[7/{total}] export", flush=True)
     source = teacher_dir if chosen["model"] == "teacher" else next(m.path for m in models if m.name == chosen["model"])
     export_dir = export_model(source, out / "export", {"steps": chosen["steps"], "sampler": chosen["sampler"],
                                                        "schedule": chosen["schedule"]})
 
     table = summary_rows(rows, reference="teacher")
-    columns = ["model", "steps", metric] + (["gen_nll"] if metric != "gen_nll" and "gen_nll" in table[0] else []) + [
-        "entropy"] + (["invalid_rate"] if metric == "exact_nll" else []) + ["tokens_per_s", "x_teacher", "x_ar",
-                                                                            "pareto"]
+    columns = ["model", "sampler", "steps", "nfe", metric]
+    columns += ["gen_nll"] if metric != "gen_nll" and "gen_nll" in table[0] else []
+    columns += ["entropy"] + (["invalid_rate"] if metric == "exact_nll" else [])
+    columns += ["tokens_per_s", "x_teacher", "x_ar", "pareto"]
     print()
     print(format_table(table, columns))
-    print(f"\n{metric}: nats/token ({'under the true chain' if metric == 'exact_nll' else 'under the AR evaluator'}, "
-          "lower is better); gen_nll: nats/token under the AR evaluator; entropy: unigram entropy of the samples; x_teacher / x_ar: tokens/s over the teacher "
+    scale = "under the true chain" if metric == "exact_nll" else "under the AR evaluator"
+    print(f"\n{metric}: nats/token ({scale}, lower is better); gen_nll: nats/token under the AR evaluator; "
+          "entropy: unigram entropy of the samples; x_teacher / x_ar: tokens/s over the teacher "
           f"at {reference_steps} steps and over the autoregressive model with a KV cache (same device, same batch); "
           "* = on the Pareto front.")
-    print(f"\nchosen for deployment: {chosen['model']} at {chosen['steps']} steps ({metric} "
-          f"{chosen['quality'][metric]:.4f} vs teacher {reference['quality'][metric]:.4f}, entropy "
-          f"{chosen['quality']['entropy']:.4f} vs {reference['quality']['entropy']:.4f})")
+    print(f"\nchosen for deployment: {chosen['model']} at {chosen['steps']} steps with the {chosen['sampler']} "
+          f"sampler ({metric} {chosen['quality'][metric]:.4f} vs teacher {reference['quality'][metric]:.4f}, "
+          f"entropy {chosen['quality']['entropy']:.4f} vs {reference['quality']['entropy']:.4f})")
     print(f"chart: {bench_dir / 'pareto.png'}\ntrade-off: {bench_dir / 'tradeoff.json'}\n"
           f"W&B (offline; `wandb sync` to upload): {bench_dir / 'wandb'}\nexport: {export_dir}  "
           f"(fewstep generate {export_dir})\ntotal {time.perf_counter() - start:.0f} s")
