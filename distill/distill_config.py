@@ -18,6 +18,7 @@ from fewstep.distill.config import (
     OptimConfig,
     RuntimeConfig,
 )
+from fewstep.distill.runtime import RunError
 
 __all__ = [
     "TEACHER_FAMILIES",
@@ -157,6 +158,16 @@ class EvalConfig:
     num_samples: int = 64
     seed: int = 0
     enabled: bool = True
+    sampler: str = "ancestral"  # ancestral (MDLM), a preset (e.g. dilated) or POLICY[+FALLBACK][/SCHEDULE]
+
+    def __post_init__(self) -> None:
+        if self.sampler != "ancestral":
+            from fewstep.samplers.presets import sampler_from_spec
+
+            try:
+                sampler_from_spec(self.sampler, 8)
+            except RunError as error:
+                raise ConfigError(f"eval.sampler={self.sampler!r}: {error}") from error
 
 
 @dataclass

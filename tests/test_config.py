@@ -64,6 +64,7 @@ def test_other_shipped_configs_load():
 
     assert load_config(QuickstartConfig, "quickstart").distill_rounds >= 1
     assert load_config(DistillRunConfig, "distill/markov").rounds.start_steps == 64
+    assert load_config(DistillRunConfig, "distill/stdlib").trajectory.teacher_steps == 128
     for name in ("evaluator/markov", "evaluator/stdlib"):
         assert load_config(EvaluatorRunConfig, name).trainer.max_steps > 0
 

@@ -99,8 +99,10 @@ def test_stopped_mid_round_resumes_to_the_same_end(tiny_teacher, tmp_path):
 def test_rounds_log_their_tradeoff_to_wandb(tiny_teacher, tmp_path):
     out = tmp_path / "w"
     cfg = load_config(DistillRunConfig, None, distill_overrides(tiny_teacher, out, "logger.wandb.mode=offline",
-                                                                "rounds.count=2"))
+                                                                "rounds.count=2", "eval.sampler=dilated/geometric"))
     run_distill(cfg)
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert [r["student_steps"] for r in rounds] == [8, 4] and all(r["student_exact_nll"] > 0 for r in rounds)
     run_file = next((out / "wandb").glob("offline-run-*/*.wandb"))
     keys = history_keys(run_file)
     assert {"round/tradeoff/_type", "round/student_exact_nll", "round/original_exact_nll"} <= keys
@@ -145,4 +147,5 @@ def test_bad_input(tiny_teacher, tmp_path):
     _fails(run_cli("distill", "distill/markov", *args, f"teacher.path={tmp_path / 'none'}"), "does not exist")
     _fails(run_cli("distill", "distill/markov", *args, "rounds.start_steps=6"), "not divisible")
     _fails(run_cli("distill", "distill/markov", *args, "loss.divergence=kl"), "kl_bwd")
+    _fails(run_cli("distill", "distill/markov", *args, "eval.sampler=zigzag"), "eval.sampler", "unknown policy")
     assert not (tmp_path / "o" / "checkpoints").exists()
