@@ -37,6 +37,7 @@ HEURISTICS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "random / cosine": ("random", "cosine", {}),
     "dilated / loglinear (DUS)": ("dilated", "loglinear", {}),
     "dilated / cosine": ("dilated", "cosine", {}),
+    "dilated / geometric": ("dilated", "geometric", {}),
     "confidence / loglinear (LLaDA)": ("confidence", "loglinear", {}),
     "margin / loglinear": ("margin", "loglinear", {}),
     "entropy / loglinear": ("entropy", "loglinear", {}),

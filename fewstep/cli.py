@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick = commands.add_parser(
         "quickstart", help="run the whole pipeline on the embedded default (markov) and print a results table",
         description="On the embedded markov task: train a teacher, train the autoregressive evaluator, distil "
-                    "students in SDTT rounds, sweep the speed/quality trade-off (tradeoff.json, pareto.png, an "
+                    "students in rounds (trajectory distillation by default, distill_method=sdtt for SDTT), "
+                    "learn the last student's step allocation, sweep the speed/quality trade-off over samplers "
+                    "(ancestral, dilated/geometric, learned) and step counts (tradeoff.json, pareto.png, an "
                     "offline W&B run), tune the step count to a quality target and export the result. Prints a "
                     "table of quality, entropy, tokens/s and speed-ups over the teacher and the autoregressive "
                     "model. Finished stages in --out are reused unless --fresh. Overrides (KEY=VALUE) apply to "

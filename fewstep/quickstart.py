@@ -1,6 +1,6 @@
 """`fewstep quickstart`: the whole pipeline on the embedded default, with a results table.
 
-teacher -> reference autoregressive evaluator -> distilled students (SDTT rounds) -> a learned step
+teacher -> reference autoregressive evaluator -> distilled students (trajectory or SDTT rounds) -> a learned step
 allocation for the last student -> trade-off sweep over samplers and step counts (tradeoff.json,
 pareto.png, W&B) -> tune (fewest steps meeting the quality target) -> export.
 Each stage writes into its own folder under --out and is reused on a re-run unless --fresh; a
@@ -29,6 +29,8 @@ class QuickstartConfig(TeacherRunConfig):
     """The teacher's config plus the settings of the later stages."""
 
     evaluator_steps: int = 600
+    distill_method: str = "trajectory"  # sdtt | trajectory
+    distill_trajectories: int = 2048  # trajectory: teacher samples to learn from
     distill_start_steps: int = 32
     distill_rounds: int = 3
     distill_steps_per_round: int = 150
@@ -100,7 +102,8 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
 
     distill_dir = out / "distill"
     d_cfg = load_config(DistillRunConfig, None, [
-        f"teacher.path={teacher_dir}", f"out_dir={distill_dir}", "method=sdtt", "loss.divergence=kl_bwd",
+        f"teacher.path={teacher_dir}", f"out_dir={distill_dir}", f"method={cfg.distill_method}",
+        "loss.divergence=kl_bwd", f"trajectory.num_trajectories={cfg.distill_trajectories}",
         f"rounds.start_steps={cfg.distill_start_steps}", f"rounds.count={cfg.distill_rounds}",
         f"rounds.steps_per_round={cfg.distill_steps_per_round}", f"optim.lr={cfg.distill_lr}",
         "optim.warmup_steps=20", "optim.ema=0.99", f"trainer.progress={cfg.trainer.progress}",
