@@ -81,7 +81,8 @@ def measure(candidate: Candidate, steps: int, data: Any, num_samples: int, seed:
             device: str = "cpu", repeats: int = 1) -> dict[str, Any]:
     """One trade-off row: the median time over `repeats`, quality from the first repeat's samples."""
     seq_len = data.train.shape[1]
-    candidate.sample(candidate.model, min(num_samples, 4), seq_len, 1, seed)  # warm-up: first calls are slow
+    # warm-up (first calls are slow), at the real budget: a learned schedule serves only its own
+    candidate.sample(candidate.model, min(num_samples, 4), seq_len, steps, seed)
     times, tokens, nfe = [], None, 0.0
     for r in range(repeats):
         out_tokens, out_nfe, seconds = candidate.sample(candidate.model, num_samples, seq_len, steps, seed + r)

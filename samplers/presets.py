@@ -21,7 +21,7 @@ PRESETS: dict[str, tuple[str, str]] = {
     "dream": ("entropy", "loglinear"),
     "fast-dllm": ("threshold", "loglinear"),
     "eb": ("eb", "loglinear"),
-    "learned": ("learned", "learned"),  # both from scheduler_config.json
+    "learned": ("learned", "learned"),  # both from scheduler_config.json (its policy: a head or a heuristic)
 }
 
 
@@ -56,7 +56,9 @@ def build_sampler(
         if model_dir is None:
             raise RunError("a learned policy or schedule is read from a model directory; pass one")
         learned_schedule, learned_policy, _ = load_learned(Path(model_dir), meta, steps)
-    if policy_name == "learned":
+    if sampler == "learned" and policy is None and learned_policy is not None:
+        chosen_policy = learned_policy  # what scheduler_config.json holds: a head, or the order it was learned with
+    elif policy_name == "learned":
         if learned_policy is None or learned_policy.name != "learned":
             raise RunError(
                 f"{model_dir} has no learned policy head for {steps} steps (its scheduler_config.json "

@@ -52,7 +52,7 @@ def test_schedule_is_written_beside_the_model_with_its_identity(learned_dir):
     assert sum(saved["report"]["allocation"]["counts"]) == meta["seq_len"]
     assert saved["policy"]["name"] == "learned" and (learned_dir / "policy_head.safetensors").is_file()
     assert saved["report"]["policy"]["grpo"]["heldout_reward"].keys() == {"imitation", "grpo"}
-    assert saved["report"]["policy"]["fallback"] in ("none", "random", "confidence", "margin")
+    assert saved["report"]["policy"]["fallback"] in ("none", "random", "dilated", "confidence", "margin")
     heldout = saved["report"]["policy"]["heldout"]
     assert 0.0 <= heldout["accuracy"] <= 1.0 and heldout["examples"] > 0
     assert saved["report"]["policy"]["parameters"] <= 0.001 * saved["report"]["policy"]["model_parameters"]
@@ -64,6 +64,20 @@ def test_learned_sampler_loads_with_the_model_and_samples(learned_dir):
     out = sampler.generate(loaded.denoiser, 5, 16, 4, seed=0)
     assert out.tokens.shape == (5, 16) and (out.tokens != loaded.denoiser.mask_id).all()
     assert out.nfe_per_sequence <= 4
+
+
+def test_an_allocation_learned_with_a_heuristic_order_samples_with_that_order(tiny_teacher, tmp_path):
+    """`--sampler learned` on an allocation-only file: the learned counts with the order they were searched with."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_teacher / "model", model_dir)
+    small = [o for o in SMALL if o.startswith(("steps", "batch_size", "allocation."))]
+    run_schedule_config(load_config(ScheduleRunConfig, "schedule/markov", [
+        f"model={model_dir}", *small, "what=allocation", "allocation.policy=dilated"]))
+    loaded = load_model_dir(model_dir)
+    sampler = build_sampler("learned", steps=4, meta=loaded.meta, model_dir=model_dir)
+    assert sampler.policy.name == "dilated" and sampler.schedule.name == "learned"
+    with pytest.raises(RunError, match="no learned policy head"):
+        build_sampler("llada", policy="learned", steps=4, meta=loaded.meta, model_dir=model_dir)
 
 
 def test_a_schedule_for_another_budget_or_model_is_refused(learned_dir):
