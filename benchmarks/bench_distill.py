@@ -67,6 +67,8 @@ def main() -> int:
     parser.add_argument("--config", default=None, help="distill config (default distill/<data source>)")
     parser.add_argument("--variants", default="sdtt:kl_bwd,sdtt:kl_fwd,trajectory:kl_bwd")
     parser.add_argument("--teacher-steps", default="1024,128", help="teacher reference step counts")
+    parser.add_argument("--student-steps", default="",
+                        help="more step counts for the last round's students (and the undistilled teacher)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--sampler", default="ancestral",
@@ -110,10 +112,13 @@ def main() -> int:
     rows = [evaluate(teacher.denoiser, "teacher", n, data, reference, seeds, args.num_samples, schedule, **run)
             for n in (int(s) for s in args.teacher_steps.split(","))]
     round_steps = [first_cfg.rounds.steps_for(r) for r in range(first_cfg.rounds.count)]
+    # (round, steps) per student: each round at its own count, the last one also at --student-steps
+    extra = [int(s) for s in args.student_steps.split(",") if s]
+    plan = [*enumerate(round_steps), *((len(round_steps) - 1, n) for n in extra)]
     rows += [evaluate(teacher.denoiser, "undistilled teacher", n, data, reference, seeds, args.num_samples, schedule,
-                      **run) for n in round_steps]
+                      **run) for n in [*round_steps, *extra]]
     for variant, info in report["variants"].items():
-        for r, n in enumerate(round_steps):
+        for r, n in plan:
             student = load_model_dir(Path(info["config"]) / f"round_{r}" / "model").denoiser
             rows.append(evaluate(student, f"{variant} round {r}", n, data, reference, seeds, args.num_samples,
                                  schedule, **run))
@@ -121,6 +126,8 @@ def main() -> int:
     report["sampler"] = args.sampler
     out.mkdir(parents=True, exist_ok=True)
     name = "bench.json" if args.sampler == "ancestral" else f"bench-{args.sampler.replace('/', '_')}.json"
+    if extra:
+        name = name.replace(".json", f"-steps-{'_'.join(map(str, extra))}.json")
     (out / name).write_text(json.dumps(report, indent=2))
 
     metric = "exact_nll" if data.task is not None else ("gen_nll" if evaluator is not None else "teacher_nelbo")
