@@ -1,10 +1,11 @@
 """Learned step allocation: a direct search over per-step token counts on validation quality.
 
-Start from the best fixed curve (loglinear, linear, cosine, geometric) at the budget, then move blocks of
-tokens from one step to another, keeping a move when the objective improves on a fixed set of
-sample seeds (common random numbers make small differences measurable). Each pass tries distinct
-moves in a random order; the move size halves when `patience` of them (0: all) fail in a row. The winner is re-checked on held-out seeds and kept only if it
-beats the starting curve there too.
+Start from the best fixed curve (loglinear, linear, cosine, geometric) at the budget, then move
+blocks of tokens from one step to another, keeping a move when the objective improves on a fixed
+set of sample seeds (common random numbers make small differences measurable). Each pass tries
+distinct moves in a random order; the move size halves when `patience` of them (0: all) fail in a
+row. The winner is re-checked on held-out seeds and kept only if it beats the starting curve there
+too.
 """
 
 from __future__ import annotations
