@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
+from fewstep.distill.bench import sampler_fn
 from fewstep.distill.config import load_config
 from fewstep.distill.data import build_data
 from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.bench import sampler_fn
 from fewstep.distill.quality import sample_quality
 from fewstep.distill.tradeoff import sample_quality_row
 from fewstep.pipeline import format_table

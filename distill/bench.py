@@ -70,27 +70,17 @@ def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear",
 
     Returns the sampling function and the name of its schedule; learned parts come from `model_dir`.
     """
-    from fewstep.samplers.ancestral import ancestral_sample
+    from fewstep.samplers.presets import sample_with_spec, sampler_from_spec, spec_is_learned, spec_schedule
 
-    if name == "ancestral":
-        def sample(model, num, seq_len, steps, seed):
-            out = ancestral_sample(model, num, seq_len, steps, model.mask_id, schedule=schedule, seed=seed,
-                                   device=device)
-            return out.tokens, out.nfe_per_sequence, out.wall_time
-
-        return sample, schedule
-    from fewstep.samplers.presets import sampler_from_spec, spec_schedule
-
-    meta = {"noise_schedule": schedule, **(meta or {})}
-    if "learned" not in name:
+    if name != "ancestral" and not spec_is_learned(name):
         sampler_from_spec(name, 8, meta, model_dir)  # a bad spec fails here, before any sampling
 
-    def sample_with(model, num, seq_len, steps, seed):
-        sampler = sampler_from_spec(name, steps, meta, model_dir)
-        out = sampler.generate(model, num, seq_len, steps, seed=seed, device=device)
+    def sample(model, num, seq_len, steps, seed):
+        out = sample_with_spec(name, model, num, seq_len, steps, seed=seed, noise_schedule=schedule, meta=meta,
+                               model_dir=model_dir, device=device)
         return out.tokens, out.nfe_per_sequence, out.wall_time
 
-    return sample_with, spec_schedule(name)
+    return sample, schedule if name == "ancestral" else spec_schedule(name)
 
 
 def _data_for(meta: dict[str, Any]):
@@ -109,7 +99,9 @@ def _task_key(model: Any) -> tuple:
 
 def _budgets(name: str, model: Any, sampler: str, steps: list[int]) -> list[int]:
     """The step counts to measure: all of them, or for a learned sampler the one budget it was learned for."""
-    if "learned" not in sampler:
+    from fewstep.samplers.presets import spec_is_learned
+
+    if not spec_is_learned(sampler):
         return list(steps)
     from fewstep.samplers.scheduler_config import SCHEDULER_FILE, read_scheduler_config
 

@@ -98,21 +98,18 @@ class Pipeline:
                  temperature: float | None = None, seq_len: int | None = None,
                  batch_size: int = 64) -> dict[str, Any]:
         """Sample with the export's defaults (its tuned sampler and schedule); returns texts, ids and NFE."""
-        from fewstep.samplers.ancestral import ancestral_sample
-        from fewstep.samplers.presets import sampler_from_spec
+        from fewstep.samplers.presets import sample_with_spec
 
         steps = steps or int(self.generation["steps"])
         seq_len = seq_len or int(self.meta.get("seq_len", 64))
         temperature = self.generation.get("temperature", 1.0) if temperature is None else temperature
         sampler = self.generation.get("sampler", "ancestral")
-        if sampler == "ancestral":
-            out = ancestral_sample(self.denoiser, num_samples, seq_len, steps, self.denoiser.mask_id,
-                                   schedule=self.generation.get("schedule", "loglinear"), seed=seed,
-                                   batch_size=batch_size, temperature=temperature)
-        else:
-            meta = {"noise_schedule": self.meta.get("noise_schedule", "loglinear"), **self.meta}
-            out = sampler_from_spec(sampler, steps, meta, self.directory, temperature).generate(
-                self.denoiser, num_samples, seq_len, steps, seed=seed, batch_size=batch_size)
+        noise_schedule = self.meta.get("noise_schedule", "loglinear")
+        if sampler == "ancestral":  # its "schedule" is the noise schedule it was tuned with
+            noise_schedule = self.generation.get("schedule", noise_schedule)
+        out = sample_with_spec(sampler, self.denoiser, num_samples, seq_len, steps, seed=seed,
+                               noise_schedule=noise_schedule, meta=self.meta, model_dir=self.directory,
+                               temperature=temperature, batch_size=batch_size)
         return {"texts": [self.tokenizer.decode(row.tolist()) for row in out.tokens], "tokens": out.tokens,
                 "nfe": out.nfe_per_sequence, "steps": steps}
 

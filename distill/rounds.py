@@ -23,8 +23,7 @@ from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import load_model_dir, save_model_dir
 from fewstep.distill.quality import sample_quality
-from fewstep.samplers.ancestral import ancestral_sample
-from fewstep.samplers.presets import sampler_from_spec
+from fewstep.samplers.presets import sample_with_spec
 
 __all__ = ["RoundCallback", "round_dir"]
 
@@ -130,12 +129,8 @@ class RoundCallback(L.Callback):
         for name, model, n in (("student", student, steps), ("teacher", teacher, cfg.rounds.k * steps),
                                ("original", self.original, steps)):
             model = model.to(device)
-            if cfg.eval.sampler == "ancestral":
-                sample = ancestral_sample(model, cfg.eval.num_samples, seq_len, n, self.data.mask_id,
-                                          schedule=schedule, seed=cfg.eval.seed, device=device)
-            else:
-                sample = sampler_from_spec(cfg.eval.sampler, n, {"noise_schedule": schedule}).generate(
-                    model, cfg.eval.num_samples, seq_len, n, seed=cfg.eval.seed, device=device)
+            sample = sample_with_spec(cfg.eval.sampler, model, cfg.eval.num_samples, seq_len, n,
+                                      seed=cfg.eval.seed, noise_schedule=schedule, device=device)
             quality = sample_quality(sample.tokens, self.data, self.original, schedule)
             out.update({f"{name}_{key}": value for key, value in quality.items()})
             out[f"{name}_steps"] = float(n)

@@ -5,13 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fewstep.distill.runtime import RunError
+from fewstep.samplers.ancestral import SampleOutput, ancestral_sample
 from fewstep.samplers.policies import POLICY_NAMES, Policy, make_policy
 from fewstep.samplers.sampler import Sampler
 from fewstep.samplers.scheduler_config import load_learned
 from fewstep.samplers.schedules import SCHEDULE_NAMES, Schedule, make_step_schedule
 
-__all__ = ["PRESETS", "build_sampler", "parse_spec", "sampler_from_spec", "spec_schedule"]
+__all__ = [
+    "PRESETS",
+    "build_sampler",
+    "parse_spec",
+    "sampler_from_spec",
+    "sample_with_spec",
+    "spec_is_learned",
+    "spec_schedule",
+]
 
 # preset -> (policy, schedule)
 PRESETS: dict[str, tuple[str, str]] = {
@@ -102,3 +113,33 @@ def spec_schedule(spec: str) -> str:
     """The name of the schedule a spec uses."""
     parts = parse_spec(spec)
     return parts["schedule"] or (PRESETS[parts["sampler"]][1] if parts["policy"] is None else "loglinear")
+
+
+def spec_is_learned(spec: str) -> bool:
+    """Whether a spec reads a learned policy or schedule from the model directory."""
+    parts = parse_spec(spec)
+    return "learned" in (parts["sampler"], parts["policy"], parts["schedule"])
+
+
+def sample_with_spec(
+    spec: str,
+    model: torch.nn.Module,
+    num_samples: int,
+    seq_len: int,
+    steps: int,
+    seed: int = 0,
+    noise_schedule: str = "loglinear",
+    meta: dict[str, Any] | None = None,
+    model_dir: str | Path | None = None,
+    temperature: float = 1.0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> SampleOutput:
+    """Sample with the sampler a spec names. `ancestral` is the MDLM reference sampler itself
+    (`ancestral_sample`, token-for-token, under `noise_schedule`); other specs go through `Sampler`."""
+    if spec == "ancestral":
+        return ancestral_sample(model, num_samples, seq_len, steps, model.mask_id, schedule=noise_schedule,
+                                seed=seed, batch_size=batch_size, temperature=temperature, device=device)
+    meta = {"noise_schedule": noise_schedule, **(meta or {})}
+    sampler = sampler_from_spec(spec, steps, meta, model_dir, temperature)
+    return sampler.generate(model, num_samples, seq_len, steps, seed=seed, batch_size=batch_size, device=device)
