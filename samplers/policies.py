@@ -49,6 +49,7 @@ class Policy:
 
     name = "base"
     at_least_one = False
+    adaptive = False  # whether `wanted` may reveal tokens the schedule did not ask for
     fallback: Policy | None = None
 
     def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
@@ -127,6 +128,7 @@ class AcceptingPolicy(Policy):
     """
 
     at_least_one = True
+    adaptive = True
 
     def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError

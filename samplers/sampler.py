@@ -186,19 +186,21 @@ class Sampler:
                 if not bool(masked.any()):
                     return z, nfe  # everything revealed: the remaining steps would change nothing
                 eligible = masked[:, start:end]
-                vocab = getattr(model, "vocab_size", None) or (
-                    logits.shape[-1] if logits is not None else None
-                )
-                if vocab is None or bool(eligible.any()):
-                    if logits is None or not reuse:
-                        t = masked.double().mean(dim=1).to(torch.float32)
-                        logits = model(z, t)
-                        nfe += 1
+                current = False  # whether `logits` come from this step's input
+                vocab = getattr(model, "vocab_size", None)
+                if vocab is None:  # known only from a forward pass
+                    if logits is None:
+                        logits, nfe, current = self._forward(model, z, masked), nfe + 1, True
                     vocab = logits.shape[-1]
                 # every sequence draws its noise at every step, so its stream never depends on the batch
                 uniforms = noise.uniform(width, vocab + 1)
                 if not bool(eligible.any()):
                     continue
+                counts = self.schedule.counts(step, block_steps, initial, eligible, uniforms[..., vocab])
+                if not self.policy.adaptive and not bool(counts.any()):
+                    continue  # nothing to reveal: no forward pass, no statistics (the tokens are the same)
+                if not current and (logits is None or not reuse):
+                    logits, nfe = self._forward(model, z, masked), nfe + 1
                 block_logits = logits[:, start:end]
                 stats = token_stats(block_logits, uniforms[..., :vocab], self.temperature)
                 changed = (
@@ -215,7 +217,7 @@ class Sampler:
                     progress=step / block_steps,
                     mask_ratio=masked.double().mean(dim=1),
                 )
-                reveal = self._choose(stats, ctx, step, block_steps, initial)
+                reveal = self._choose(stats, ctx, counts)
                 if on_step is not None:
                     on_step(StepRecord(batch_offset=offset, start=start, stats=stats, ctx=ctx, reveal=reveal))
                 if bool(reveal.any()):
@@ -224,11 +226,13 @@ class Sampler:
                     logits = None
         return z, nfe
 
-    def _choose(
-        self, stats: StepStats, ctx: StepContext, step: int, steps: int, initial: torch.Tensor
-    ) -> torch.Tensor:
-        """The max(schedule count, the policy's wish, 1 if it insists) best-scored positions."""
-        counts = self.schedule.counts(step, steps, initial, ctx.eligible, ctx.uniform)
+    @staticmethod
+    def _forward(model: nn.Module, z: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        t = masked.double().mean(dim=1).to(torch.float32)
+        return model(z, t)
+
+    def _choose(self, stats: StepStats, ctx: StepContext, counts: torch.Tensor) -> torch.Tensor:
+        """The max(schedule `counts`, the policy's wish, 1 if it insists) best-scored positions."""
         wanted = self.policy.wanted(stats, ctx)
         if wanted is not None:
             counts = torch.maximum(counts, wanted)

@@ -136,3 +136,47 @@ def test_a_learned_allocation_refuses_another_budget(chain):
     sampler = SAMPLERS["learned-allocation"]()
     with pytest.raises(RunError, match="budget of 4 steps, not 5"):
         sampler.generate(MarkovOracle(chain), 2, L, 5)
+
+
+def test_a_spec_samples_like_the_sampler_it_names(chain):
+    from fewstep.samplers import ancestral_sample
+    from fewstep.samplers.presets import parse_spec, sample_with_spec, sampler_from_spec, spec_is_learned
+
+    oracle = MarkovOracle(chain)
+    # `ancestral` is the MDLM reference sampler itself, token for token
+    out = sample_with_spec("ancestral", oracle, 5, L, STEPS, seed=3, noise_schedule="cosine", batch_size=2)
+    reference = ancestral_sample(oracle, 5, L, STEPS, oracle.mask_id, schedule="cosine", seed=3, batch_size=2)
+    assert torch.equal(out.tokens, reference.tokens) and out.nfe == reference.nfe
+    # any other spec is the Sampler it names; the parts are what the spec says
+    assert parse_spec("eb+random/geometric") == {
+        "sampler": "ancestral", "policy": "eb", "fallback": "random", "schedule": "geometric"
+    }
+    out = sample_with_spec("eb+random/geometric", oracle, 5, L, STEPS, seed=3)
+    same = sampler_from_spec("eb+random/geometric", STEPS).generate(oracle, 5, L, STEPS, seed=3)
+    assert torch.equal(out.tokens, same.tokens) and out.nfe_per_sequence <= STEPS
+    assert not torch.equal(out.tokens, sample_with_spec("dilated/geometric", oracle, 5, L, STEPS, seed=3).tokens)
+    # learned parts are read from a model directory: named as such, refused without one
+    assert spec_is_learned("learned") and spec_is_learned("dilated/learned") and spec_is_learned("learned/cosine")
+    assert not spec_is_learned("dilated/geometric") and not spec_is_learned("ancestral")
+    with pytest.raises(RunError, match="read from a model directory"):
+        sample_with_spec("learned", oracle, 2, L, STEPS)
+    with pytest.raises(RunError, match="unknown policy 'bogus'"):
+        sample_with_spec("bogus/geometric", oracle, 2, L, STEPS)
+
+
+def test_steps_that_reveal_nothing_cost_no_forward_pass(chain):
+    from fewstep.samplers.policies import DilatedPolicy
+
+    class EveryStep(DilatedPolicy):  # the same order, but the sampler must treat every step as a possible reveal
+        adaptive = True
+
+    results = {}
+    for name, policy in (("skip", make_policy("dilated")), ("every", EveryStep())):
+        model = Recording(chain)
+        model.time_conditioning = True  # no reuse of the last forward: every step that runs is a forward
+        results[name] = (Sampler(make_step_schedule("geometric"), policy).generate(model, 6, L, 8, seed=5), model)
+    (skip, skip_model), (every, every_model) = results["skip"], results["every"]
+    assert torch.equal(skip.tokens, every.tokens)  # the same tokens...
+    assert every.nfe_per_sequence == 8 and skip.nfe_per_sequence < 8  # ...without the empty steps' forwards
+    distinct = [z for i, z in enumerate(every_model.inputs) if i == 0 or not torch.equal(z, every_model.inputs[i - 1])]
+    assert skip.nfe_per_sequence == len(distinct) == len(skip_model.inputs)
