@@ -122,7 +122,8 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
         run_schedule_config(load_config(ScheduleRunConfig, None, [
             f"model={last_student}", f"steps={student_steps}", "what=allocation",
             f"allocation.policy={cfg.schedule_policy}", f"allocation.iterations={cfg.schedule_iterations}",
-            f"allocation.num_samples={cfg.bench_samples}", f"allocation.heldout_samples={2 * cfg.bench_samples}"]))
+            f"allocation.num_samples={cfg.bench_samples}", f"allocation.heldout_samples={2 * cfg.bench_samples}",
+            f"progress={progress and cfg.trainer.progress}"]))
 
     bench_dir = out / "bench"
     models = [BenchModel("teacher", str(teacher_dir))] + [

@@ -93,6 +93,7 @@ class ScheduleRunConfig:
     temperature: float = 1.0
     seed: int = 0
     device: str | None = None  # default: cuda when available
+    progress: bool = True  # a progress bar over the search's evaluations
     allocation: AllocationSearchConfig = field(default_factory=AllocationSearchConfig)
     policy: PolicyLearnConfig = field(default_factory=PolicyLearnConfig)
 
@@ -213,6 +214,11 @@ def learn_schedule(
             max_examples=cfg.policy.max_examples,
             temperature=cfg.temperature,
         )
+        print(
+            f"policy head: {cfg.policy.rollouts} + {cfg.policy.heldout_rollouts} (held-out) reference rollouts "
+            f"of {rollout_steps} steps ({cfg.policy.rollout_policy})",
+            flush=True,
+        )
         train = imitation_data(model, cfg.policy.rollouts, seq_len, seed=cfg.seed, **kwargs)
         heldout = imitation_data(model, cfg.policy.heldout_rollouts, seq_len, seed=cfg.seed + 7919, **kwargs)
         head = train_head(train, cfg.policy.hidden, cfg.policy.updates, cfg.policy.lr, seed=cfg.seed)
@@ -279,14 +285,35 @@ def learn_schedule(
                 seed,
             )
 
-        result = search_allocation(
-            lambda c: measure(c, cfg.allocation.num_samples, cfg.seed)[0],
-            cfg.steps,
-            seq_len,
-            cfg.allocation.iterations,
-            cfg.allocation.patience,
-            seed=cfg.seed,
+        from tqdm.auto import tqdm
+
+        starts = ("loglinear", "linear", "cosine", "geometric")
+        bar = tqdm(
+            total=len(starts) + cfg.allocation.iterations,
+            desc=f"allocation search ({cfg.steps} steps)",
+            disable=not cfg.progress,
         )
+        seen: list[float] = []
+
+        def evaluate(counts: list[int]) -> float:
+            value = measure(counts, cfg.allocation.num_samples, cfg.seed)[0]
+            seen.append(value)
+            bar.update()
+            bar.set_postfix(best=f"{min(seen):.4f}")
+            return value
+
+        try:
+            result = search_allocation(
+                evaluate,
+                cfg.steps,
+                seq_len,
+                cfg.allocation.iterations,
+                cfg.allocation.patience,
+                seed=cfg.seed,
+                starts=starts,
+            )
+        finally:
+            bar.close()
         held_seed = cfg.seed + 104_729
         start_value, start_metrics, start_nfe = measure(
             result.start_counts, cfg.allocation.heldout_samples, held_seed
