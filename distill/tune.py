@@ -22,6 +22,7 @@ class Target:
     max_ratio: float = 1.05
     min_entropy_ratio: float = 0.95
     reference_sampler: str = "ancestral"  # the reference row's sampler, when the sweep has several
+    speed_tolerance: float = 0.1  # rows within this fraction of the fastest are equally fast: better quality wins
 
 
 def load_tradeoff(path: str | Path) -> dict[str, Any]:
@@ -49,7 +50,8 @@ def reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
 
 
 def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(chosen row, reference row): the fewest steps meeting the target, ties to the faster row."""
+    """(chosen row, reference row): the fewest steps meeting the target; among those, the best quality of
+    the rows within `speed_tolerance` of the fastest."""
     ref = reference_row(rows, target)
     if target.metric not in ref["quality"]:
         raise RunError(f"the rows have no quality metric {target.metric!r}; they have "
@@ -61,5 +63,9 @@ def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], di
     if not fits:
         raise RunError(f"no row meets {target.metric} <= {bound:.4g} with entropy >= {floor:.4g}; relax the target "
                        "or bench more step counts")
-    chosen = min(fits, key=lambda r: (r["steps"], -r["tokens_per_s"]))
+    fewest = [r for r in fits if r["steps"] == min(f["steps"] for f in fits)]
+    # timing noise must not pick the worse of two rows with the same cost (e.g. two students at 4 steps)
+    fastest = max(r["tokens_per_s"] for r in fewest)
+    as_fast = [r for r in fewest if r["tokens_per_s"] >= (1.0 - target.speed_tolerance) * fastest]
+    chosen = min(as_fast, key=lambda r: (r["quality"][target.metric], -r["tokens_per_s"]))
     return chosen, ref

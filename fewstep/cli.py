@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser(
         "tune", help="pick the smallest step count meeting a quality target; write it into an export",
         description="Read a tradeoff.json and choose the row with the fewest steps whose quality is at most "
-                    "RATIO x the reference's and whose entropy is at least --min-entropy x the reference's. With "
-                    "--export, the choice becomes that directory's generation defaults.",
+                    "RATIO x the reference's and whose entropy is at least --min-entropy x the reference's; among "
+                    "rows with those steps that are as fast (within --speed-tolerance of the fastest), the best "
+                    "quality. With --export, the choice becomes that directory's generation defaults.",
     )
     tune.add_argument("tradeoff", metavar="TRADEOFF_JSON", help="a tradeoff.json written by `fewstep bench`")
     tune.add_argument("--target", required=True, metavar="METRIC:RATIO",
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--reference", required=True, metavar="MODEL@STEPS", help="the reference row, e.g. teacher@128")
     tune.add_argument("--min-entropy", type=float, default=0.95,
                       help="entropy at least this fraction of the reference's (default 0.95)")
+    tune.add_argument("--speed-tolerance", type=float, default=0.1,
+                      help="rows within this fraction of the fastest count as equally fast, and the better quality "
+                           "wins (default 0.1: timing noise does not choose)")
     tune.add_argument("--export", metavar="DIR", default=None,
                       help="write the chosen step count, sampler and schedule into this export directory")
 
@@ -255,10 +259,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     try:
         metric, ratio = args.target.split(":")
         model, steps = args.reference.rsplit("@", 1)
-        target = Target(metric, model, int(steps), float(ratio), args.min_entropy)
+        target = Target(metric, model, int(steps), float(ratio), args.min_entropy,
+                        speed_tolerance=args.speed_tolerance)
     except ValueError as error:
         raise ConfigError("--target must look like METRIC:RATIO (gen_nll:1.05) and --reference like MODEL@STEPS "
                           "(teacher@128)") from error
+    if not 0.0 <= args.speed_tolerance < 1.0:
+        raise ConfigError(f"--speed-tolerance must be in [0, 1), got {args.speed_tolerance}")
     chosen, ref = tune(load_tradeoff(args.tradeoff)["rows"], target)
     print(f"reference {ref['model']} @ {ref['steps']} steps: {metric} {ref['quality'][metric]:.4f}, "
           f"entropy {ref['quality']['entropy']:.4f}")

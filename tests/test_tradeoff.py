@@ -38,6 +38,12 @@ def test_tune_picks_the_fewest_steps_that_meet_the_target():
     assert (chosen["model"], chosen["steps"]) == ("student", 16) and ref["steps"] == 128
     chosen, _ = tune(HAND, Target("gen_nll", "teacher", 128, 1.25, 0.95))
     assert (chosen["model"], chosen["steps"]) == ("student", 8)
+    # at the same steps, timing noise does not pick the worse row; a clearly faster one still wins
+    tied = [*HAND, row("student-b", 16, 2.05, 4.9, 78.0)]
+    assert tune(tied, Target("gen_nll", "teacher", 128, 1.05, 0.95))[0]["model"] == "student-b"
+    assert tune(tied, Target("gen_nll", "teacher", 128, 1.05, 0.95, speed_tolerance=0.0))[0]["model"] == "student"
+    slower = [*HAND, row("student-b", 16, 2.05, 4.9, 60.0)]
+    assert tune(slower, Target("gen_nll", "teacher", 128, 1.05, 0.95))[0]["model"] == "student"
     with pytest.raises(RunError, match="no row meets"):
         tune(HAND, Target("gen_nll", "teacher", 128, 0.9, 0.95))
     with pytest.raises(RunError, match="teacher@128"):
