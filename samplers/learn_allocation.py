@@ -17,7 +17,9 @@ from typing import Any
 
 from fewstep.samplers.schedules import curve_counts, make_step_schedule
 
-__all__ = ["AllocationResult", "search_allocation"]
+__all__ = ["START_CURVES", "AllocationResult", "search_allocation"]
+
+START_CURVES = ("loglinear", "linear", "cosine", "geometric")  # the fixed curves a search starts from
 
 
 @dataclass
@@ -40,7 +42,7 @@ def search_allocation(
     iterations: int = 60,
     patience: int = 0,
     seed: int = 0,
-    starts: tuple[str, ...] = ("loglinear", "linear", "cosine", "geometric"),
+    starts: tuple[str, ...] = START_CURVES,
 ) -> AllocationResult:
     """Minimise `evaluate(counts)` over per-step counts summing to `num_tokens` (each step reveals >= 0)."""
     candidates = {name: curve_counts(make_step_schedule(name), steps, num_tokens) for name in starts}

@@ -163,7 +163,7 @@ def learn_schedule(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Learn the allocation and/or policy head for `model` (any denoiser, the markov oracle included)."""
     from fewstep.distill.quality import unigram_entropy
-    from fewstep.samplers.learn_allocation import search_allocation
+    from fewstep.samplers.learn_allocation import START_CURVES, search_allocation
     from fewstep.samplers.learn_policy import head_accuracy, imitation_data, train_head
     from fewstep.samplers.objective import SampleObjective
     from fewstep.samplers.policies import Policy, make_policy
@@ -287,19 +287,19 @@ def learn_schedule(
 
         from tqdm.auto import tqdm
 
-        starts = ("loglinear", "linear", "cosine", "geometric")
         bar = tqdm(
-            total=len(starts) + cfg.allocation.iterations,
+            total=len(START_CURVES) + cfg.allocation.iterations,
             desc=f"allocation search ({cfg.steps} steps)",
             disable=not cfg.progress,
         )
-        seen: list[float] = []
+        best = float("inf")
 
         def evaluate(counts: list[int]) -> float:
+            nonlocal best
             value = measure(counts, cfg.allocation.num_samples, cfg.seed)[0]
-            seen.append(value)
+            best = min(best, value)
             bar.update()
-            bar.set_postfix(best=f"{min(seen):.4f}")
+            bar.set_postfix(best=f"{best:.4f}")
             return value
 
         try:
@@ -310,7 +310,6 @@ def learn_schedule(
                 cfg.allocation.iterations,
                 cfg.allocation.patience,
                 seed=cfg.seed,
-                starts=starts,
             )
         finally:
             bar.close()
