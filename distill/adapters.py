@@ -20,7 +20,7 @@ import torch
 
 from fewstep.distill.denoiser import Denoiser, ModelError, check_vocab
 from fewstep.distill.distill_config import LoraConfig, TeacherSourceConfig
-from fewstep.distill.model_dir import LoadedModel
+from fewstep.distill.model_dir import LoadedModel, load_model_dir
 
 __all__ = ["FAMILIES", "Family", "apply_lora", "detect_family", "family_for", "is_lora", "load_hf_teacher",
            "merge_lora_", "merged_copy"]
@@ -94,7 +94,13 @@ def _read_config(path: str) -> dict[str, Any]:
                          f"{hint}") from error
     if file is None:  # some transformers versions return None for a missing file
         raise ModelError(f"teacher.path={path!r} has no config.json; {hint}")
-    return json.loads(Path(file).read_text())
+    try:
+        config = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{file} (teacher.path={path!r}) is not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise ModelError(f"{file} (teacher.path={path!r}) holds a JSON {type(config).__name__}, not an object")
+    return config
 
 
 def _dtype_kwargs(name: str) -> dict[str, Any]:
@@ -168,9 +174,7 @@ def load_hf_teacher(source: TeacherSourceConfig) -> LoadedModel:
     import transformers
 
     if source.family == "fewstep":
-        from fewstep.distill.model_dir import load_model_dir
-
-        return load_model_dir(source.path)
+        return load_model_dir(source.path, trust_remote_code=source.trust_remote_code)
     config_dict = _read_config(source.path)
     family = detect_family(config_dict) if source.family == "auto" else FAMILIES[source.family]
     needs_code = family.remote_code or (
@@ -202,7 +206,7 @@ def load_hf_teacher(source: TeacherSourceConfig) -> LoadedModel:
     check_vocab(model_vocab, tokenizer, mask_id, model_mask)
     denoiser = Denoiser(backbone, mask_id=mask_id, vocab_size=len(tokenizer), adapter=family)
     meta = {"noise_schedule": "loglinear", "noise_eps": 1e-3, "source": source.path, "family": family.name,
-            "mask_id": mask_id, "trust_remote_code": source.trust_remote_code}
+            "mask_id": mask_id, "remote_code": needs_code}  # a fact about the checkpoint, not a permission
     return LoadedModel(denoiser.eval(), tokenizer, meta, path=None)
 
 

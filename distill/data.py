@@ -27,6 +27,7 @@ __all__ = [
     "fingerprint",
     "markov_tokenizer",
     "make_loader",
+    "tokenizer_fingerprint",
 ]
 
 MASK_TOKEN = "[MASK]"
@@ -94,6 +95,11 @@ def fingerprint(description: dict[str, Any], *tensors: torch.Tensor) -> str:
     for tensor in tensors:
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of a tokenizer's sorted token -> id map: two tokenizers decode alike only when it matches."""
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 
 def markov_tokenizer(num_states: int):

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from fewstep.distill.config import ModelConfig
+from fewstep.distill.data import tokenizer_fingerprint
 
-__all__ = ["ModelError", "Denoiser", "build_denoiser", "check_vocab", "tiny_modernbert_config"]
+__all__ = ["ModelError", "Denoiser", "build_denoiser", "check_tokenizer_identity", "check_vocab",
+           "tiny_modernbert_config"]
 
 
 class ModelError(ValueError):
@@ -80,7 +82,12 @@ class Denoiser(nn.Module):
 
 
 def check_vocab(model_vocab: int, tokenizer: Any, mask_id: int | None, model_mask_id: int | None = None) -> None:
-    """Stop with a clear message when a model and a tokenizer do not fit together."""
+    """Stop with a clear message when a model and a tokenizer cannot work together.
+
+    This checks sizes and the mask id only: a model's vocabulary may be padded past its tokenizer's,
+    so a smaller tokenizer from another corpus passes. Whether the tokenizer is the model's own is
+    `check_tokenizer_identity`'s question.
+    """
     if mask_id is None:
         raise ModelError(
             "the tokenizer has no mask token; masked diffusion needs one. Add a '[MASK]' special token "
@@ -99,6 +106,22 @@ def check_vocab(model_vocab: int, tokenizer: Any, mask_id: int | None, model_mas
             f"the model's config says mask_token_id={model_mask_id} but the tokenizer's mask token has id "
             f"{mask_id}; use the tokenizer saved with the model, or fix mask_token_id in config.json"
         )
+
+
+def check_tokenizer_identity(tokenizer: Any, vocab_size: int, fingerprint: str | None, what: str, use: str) -> None:
+    """Stop when `tokenizer` is not the one a model was saved with: another size, or another vocabulary.
+
+    `vocab_size` and `fingerprint` (`data.tokenizer_fingerprint`) are what the model recorded; a
+    model saved before fingerprints were recorded (None) is checked for its size only. `what` names
+    the tokenizer in the message and `use` says which one to use instead.
+    """
+    size = len(tokenizer)
+    if size != vocab_size:
+        raise ModelError(f"{what} has {size} tokens, the model was saved with a tokenizer of {vocab_size}: it is "
+                         f"another tokenizer and would decode wrongly; {use}")
+    if fingerprint is not None and tokenizer_fingerprint(tokenizer) != fingerprint:
+        raise ModelError(f"{what} is not the tokenizer the model was saved with (same size, another vocabulary: "
+                         f"its fingerprint differs) and would decode wrongly; {use}")
 
 
 def tiny_modernbert_config(cfg: ModelConfig, vocab_size: int, mask_id: int, seq_len: int,

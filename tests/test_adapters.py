@@ -477,8 +477,10 @@ def test_one_distillation_step_saves_a_model_that_reloads(standins, corpus, tmp_
     module = STANDINS[family][1]
     assert (model_dir / f"{module}.py").is_file()  # the remote code travels with the model
     meta = json.loads((model_dir / "fewstep.json").read_text())
-    assert meta["family"] == family and meta["trust_remote_code"] is True
-    reloaded = load_model_dir(model_dir)
+    assert meta["family"] == family and meta["remote_code"] is True and "trust_remote_code" not in meta
+    with pytest.raises(ModelError, match="--trust-remote-code"):  # the directory never decides by itself
+        load_model_dir(model_dir)
+    reloaded = load_model_dir(model_dir, trust_remote_code=True)
     assert reloaded.denoiser.family == family and reloaded.tokenizer.mask_token_id == student.mask_id
     teacher = load_hf_teacher(source(standins[family], family)).denoiser
     ids = torch.randint(0, student.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
@@ -497,7 +499,7 @@ def test_lora_distillation_saves_a_merged_model(standins, corpus, tmp_path):
     model_dir = tmp_path / "run" / "model"
     with safe_open(model_dir / "model.safetensors", "pt") as weights:
         assert weights.keys() and not any("lora" in k or "base_layer" in k for k in weights.keys())
-    reloaded = load_model_dir(model_dir)
+    reloaded = load_model_dir(model_dir, trust_remote_code=True)
     assert reloaded.denoiser.family == "dream"
     ids = torch.randint(0, student.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
     ids[:, 1::2] = student.mask_id
@@ -512,7 +514,7 @@ def test_saving_a_lora_student_leaves_it_untouched(standins, tmp_path):
     save_model_dir(student, loaded.tokenizer, tmp_path / "m", {"noise_schedule": "loglinear"})
     assert set(student.state_dict()) == keys
     assert {n for n, p in student.named_parameters() if p.requires_grad} == {n for n in keys if "lora_" in n}
-    assert load_model_dir(tmp_path / "m").denoiser.family == "mdlm"
+    assert load_model_dir(tmp_path / "m", trust_remote_code=True).denoiser.family == "mdlm"
     assert FAMILIES["mdlm"].timesteps and FAMILIES["dream"].shifted
 
 
@@ -581,7 +583,8 @@ def test_a_lora_run_resumes_to_the_same_merged_student(standins, corpus, tmp_pat
     assert saved and all("lora_" in k for k in saved), sorted(saved)[:5]  # no frozen base weights, no teacher
     result = run_distill(load_config(DistillRunConfig, None, overrides(out)), resume=True)
     assert result.steps == 4
-    a, b = (load_model_dir(d / "model").denoiser.state_dict() for d in (out, tmp_path / "reference"))
+    a, b = (load_model_dir(d / "model", trust_remote_code=True).denoiser.state_dict()
+            for d in (out, tmp_path / "reference"))
     assert a.keys() == b.keys() and not any("lora" in k for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
