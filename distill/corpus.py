@@ -22,15 +22,16 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from fewstep.distill.config import DataConfig
-from fewstep.distill.data import MASK_TOKEN, DataError, TokenData, fingerprint
+from fewstep.distill.data import MASK_TOKEN, DataError, TokenData, fingerprint, tokenizer_fingerprint
 
 __all__ = [
     "SPECIALS",
@@ -46,6 +47,7 @@ __all__ = [
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", MASK_TOKEN)  # ids 0..3 of a trained tokenizer, in this order
 _SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+JSONL_SLACK = 1 << 20  # bytes a jsonl line may hold beyond data.max_bytes: other fields, JSON escapes
 _PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t\f\v]*\n)+")  # one or more blank (or whitespace-only) lines
 
 
@@ -89,12 +91,33 @@ def _stdlib_documents(max_bytes: int) -> list[str]:
 
 
 def _file(cfg: DataConfig) -> Path:
+    """`data.path`, which must name a regular file: a FIFO would block and a device never end."""
     path = Path(str(cfg.path)).expanduser()
-    if not path.exists():
-        raise DataError(f"data.path {path} does not exist; give an existing {cfg.source} file as data.path=...")
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as error:
+        raise DataError(f"data.path {path} does not exist; give an existing {cfg.source} file as "
+                        "data.path=...") from error
+    except OSError as error:
+        raise DataError(f"data.path {path} cannot be read ({error.strerror})") from error
+    if stat.S_ISDIR(mode):
         raise DataError(f"data.path {path} is a directory; give a {cfg.source} file inside it as data.path=...")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise DataError(f"data.path {path} is {kind}, not a regular file; only regular files are read as data: "
+                        "save the data to a file and give that as data.path=...")
     return path
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open `path` for reading without blocking, and only if it is still a regular file once open."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in after the check: no hang
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"data.path {path} is not a regular file; only regular files are read as data")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _empty(path: Path) -> DataError:
@@ -103,7 +126,7 @@ def _empty(path: Path) -> DataError:
 
 def _text_documents(cfg: DataConfig) -> list[str]:
     path = _file(cfg)
-    with path.open("rb") as handle:
+    with _open_regular(path) as handle:
         raw = handle.read(cfg.max_bytes + 1) if cfg.max_bytes else handle.read()
     if cfg.max_bytes and len(raw) > cfg.max_bytes:  # cut at the last line break within the cap
         cut = raw.rfind(b"\n", 0, cfg.max_bytes + 1)
@@ -127,29 +150,46 @@ def _text_documents(cfg: DataConfig) -> list[str]:
     return _capped(text.splitlines(), cfg.max_bytes)
 
 
+def _jsonl_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, each read bounded: with a cap, no line past
+    `max_bytes + JSONL_SLACK` bytes is ever held in memory (0 = no cap, lines read whole)."""
+    limit = max_bytes + JSONL_SLACK if max_bytes else -1
+    with _open_regular(path) as handle:
+        number = 0
+        while line := handle.readline(limit):
+            number += 1
+            if limit > 0 and len(line) == limit and not line.endswith(b"\n") and handle.read(1) not in (b"", b"\n"):
+                raise DataError(f"{path} line {number} is longer than {limit} bytes, more than data.max_bytes="
+                                f"{max_bytes} can use; raise data.max_bytes (0 = no cap) or split the line")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path} line {number} is not UTF-8 (bad byte at column {error.start + 1}); "
+                                "convert the file, e.g. iconv -t utf-8") from error
+            if text.strip():
+                yield number, text
+
+
 def _jsonl_documents(cfg: DataConfig) -> list[str]:
     path, field = _file(cfg), cfg.text_field
 
     def read() -> Iterator[str]:
         seen = False
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                seen = True
-                where = f"{path} line {number}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{where} is not valid JSON ({error.msg}); each line must be one JSON "
-                                    f"object with a {field!r} field") from error
-                if not isinstance(obj, dict) or field not in obj:
-                    keys = f" (its fields: {', '.join(map(str, obj))})" if isinstance(obj, dict) else ""
-                    raise DataError(f"{where} has no field {field!r}{keys}; set data.text_field=... to the "
-                                    "field that holds the text")
-                if not isinstance(obj[field], str):
-                    raise DataError(f"{where}: field {field!r} is a {type(obj[field]).__name__}, not a string")
-                yield obj[field]
+        for number, line in _jsonl_lines(path, cfg.max_bytes):
+            seen = True
+            where = f"{path} line {number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where} is not valid JSON ({error.msg}); each line must be one JSON "
+                                f"object with a {field!r} field") from error
+            if not isinstance(obj, dict) or field not in obj:
+                keys = f" (its fields: {', '.join(map(str, obj))})" if isinstance(obj, dict) else ""
+                raise DataError(f"{where} has no field {field!r}{keys}; set data.text_field=... to the "
+                                "field that holds the text")
+            if not isinstance(obj[field], str):
+                raise DataError(f"{where}: field {field!r} is a {type(obj[field]).__name__}, not a string")
+            yield obj[field]
         if not seen:
             raise _empty(path)
 
@@ -243,8 +283,11 @@ def load_tokenizer(path: str | Path):
 
     given = Path(path).expanduser()
     file = given / "tokenizer.json" if given.is_dir() else given
-    if not file.is_file():
-        where = f"{given} has no tokenizer.json" if given.is_dir() else f"{given} does not exist"
+    if not file.is_file():  # is_file() is False for a FIFO or a device too: never opened
+        if file.exists():
+            where = f"{file} is not a regular file"
+        else:
+            where = f"{given} has no tokenizer.json" if given.is_dir() else f"{given} does not exist"
         raise DataError(f"data.tokenizer {where}; give a tokenizer.json file or a directory holding one, or "
                         "leave data.tokenizer unset to train one")
     try:
@@ -262,7 +305,7 @@ def load_tokenizer(path: str | Path):
 
 
 def _vocab_hash(tokenizer) -> str:
-    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+    return tokenizer_fingerprint(tokenizer)[:16]  # part of the data fingerprint: keep it 16 characters
 
 
 # ------------------------------------------------------------------------------------------ packing
