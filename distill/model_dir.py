@@ -248,12 +248,14 @@ def _names(keys: Any, limit: int = 5) -> str:
 def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
     """Every tensor the architecture expects was in the file, and nothing else: none left at random."""
     missing, unexpected = info.get("missing_keys") or (), info.get("unexpected_keys") or ()
-    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()]
+    mismatched = [f"{k[0]} {list(k[1])} where it has {list(k[2])}" if isinstance(k, tuple) and len(k) == 3 else str(k)
+                  for k in info.get("mismatched_keys") or ()]
     problems = [f"{what}: {_names(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                                              ("of the wrong shape", mismatched)) if keys]
+                                                              ("of another shape", mismatched)) if keys]
     if problems:
-        raise ModelError(f"{path / WEIGHTS_FILE} does not hold the tensors config.json's architecture expects "
-                         f"({'; '.join(problems)}); the file was changed or belongs to another model, {REEXPORT}")
+        raise ModelError(f"{path / WEIGHTS_FILE} does not match config.json: its tensors are not those the "
+                         f"architecture expects ({'; '.join(problems)}); the file was changed or belongs to another "
+                         f"model, {REEXPORT}")
 
 
 def _check_dtypes(path: Path, backbone: torch.nn.Module) -> None:
@@ -360,9 +362,11 @@ def _load_backbone(path: Path, auto: Any, remote: bool) -> torch.nn.Module:
 
     from fewstep.distill.adapters import _dtype_kwargs
 
-    try:  # dtype "auto": the dtype config.json declares, so a stored tensor's dtype can be checked against it
+    # dtype "auto": the dtype config.json declares, so a stored tensor's dtype can be checked against it;
+    # tensors of another shape are reported in `info` (and refused below) instead of a pointer to a log
+    try:
         backbone, info = auto.from_pretrained(path, trust_remote_code=remote, output_loading_info=True,
-                                              **_dtype_kwargs("auto"))
+                                              ignore_mismatched_sizes=True, **_dtype_kwargs("auto"))
     except (SafetensorError, OSError, RuntimeError, ValueError, TypeError, KeyError) as error:
         raise ModelError(
             f"cannot load the weights in {path}: {str(error).splitlines()[0][:300]}. The file may be corrupt or "
