@@ -26,17 +26,52 @@ class Target:
 
 
 def load_tradeoff(path: str | Path) -> dict[str, Any]:
+    """A `tradeoff.json` written by `fewstep bench`; a file of another shape is a one-line RunError naming it."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path} does not exist; produce one with `fewstep bench`")
     try:
-        payload = json.loads(path.read_text())
-        rows = payload["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunError(f"{path} is not a tradeoff.json written by `fewstep bench` ({error})") from error
-    if not rows:
-        raise RunError(f"{path} has no rows")
+    problem = _shape_problem(payload)
+    if problem:
+        raise RunError(f"{path} is not a tradeoff.json written by `fewstep bench`: {problem}")
     return payload
+
+
+# what tune and its report read from each row, and the JSON type each must have
+_ROW_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((str,), "a string"), "sampler": ((str,), "a string"), "schedule": ((str,), "a string"),
+    "steps": ((int,), "an integer"), "tokens_per_s": ((int, float), "a number"), "quality": ((dict,), "an object"),
+}
+
+
+def _shape_problem(payload: Any) -> str | None:
+    """What is structurally wrong with a parsed tradeoff.json (None: every row has what tune reads)."""
+    if not isinstance(payload, dict):
+        return f"it holds a JSON {type(payload).__name__}, not an object"
+    rows = payload.get("rows")
+    if not isinstance(rows, list):
+        return "it has no list of 'rows'" if rows is None else f"'rows' is a {type(rows).__name__}, not a list"
+    if not rows:
+        return "it has no rows"
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            return f"row {index} is a {type(row).__name__}, not an object"
+        for key, (types, what) in _ROW_FIELDS.items():
+            value = row.get(key)
+            if key not in row:
+                return f"row {index} has no {key!r}"
+            if isinstance(value, bool) or not isinstance(value, types):
+                return f"row {index}: {key!r} is {json.dumps(value)[:60]}, expected {what}"
+        quality = row["quality"]
+        if "entropy" not in quality:
+            return f"row {index}: 'quality' has no 'entropy'"
+        bad = [k for k, v in quality.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            return f"row {index}: quality {bad[0]!r} is {json.dumps(quality[bad[0]])[:60]}, expected a number"
+    return None
 
 
 def reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:

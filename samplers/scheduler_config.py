@@ -74,7 +74,7 @@ def save_scheduler_config(
 
 
 def read_scheduler_config(model_dir: Path) -> dict[str, Any]:
-    """The parsed file, or a clear error when it is missing or unreadable."""
+    """The parsed file, or a one-line RunError when it is missing, unreadable or of the wrong shape."""
     path = Path(model_dir) / SCHEDULER_FILE
     if not path.is_file():
         raise RunError(
@@ -82,14 +82,67 @@ def read_scheduler_config(model_dir: Path) -> dict[str, Any]:
             f"model={model_dir} steps=N`, or pick a fixed --schedule and --policy"
         )
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunError(f"{path} is not valid JSON ({error}); re-run `fewstep schedule`") from error
+    if not isinstance(content, dict):
+        raise RunError(f"{path} holds a JSON {type(content).__name__}, not an object; re-run `fewstep schedule`")
     if content.get("format") != FORMAT:
         raise RunError(
             f"{path} has format {content.get('format')!r}, expected {FORMAT!r}; re-run `fewstep schedule`"
         )
+    problem = _shape_problem(content)
+    if problem:
+        raise RunError(f"{path}: {problem}; re-run `fewstep schedule` to rewrite it")
     return content
+
+
+_NUMBER = (int, float)
+
+
+def _wrong(where: str, value: Any, types: tuple[type, ...], what: str, required: bool = True) -> str | None:
+    """A description of what is wrong with one field (None: it is fine)."""
+    if value is None and not required:
+        return None
+    if value is None:
+        return f"{where} is missing (or null)"
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        return f"{where} is {json.dumps(value)[:60]}, expected {what}"
+    return None
+
+
+def _shape_problem(content: dict[str, Any]) -> str | None:
+    """What is structurally wrong with a parsed scheduler_config.json (None: the fields load_learned reads fit)."""
+    checks: list[str | None] = [
+        _wrong("'model'", content.get("model"), (dict,), "an object"),
+        _wrong("'steps'", content.get("steps"), (int,), "an integer"),
+        _wrong("'schedule'", content.get("schedule"), (dict,), "an object"),
+        _wrong("'policy'", content.get("policy"), (dict,), "an object"),
+    ]
+    first = next((c for c in checks if c), None)
+    if first:
+        return first
+    schedule, policy = content["schedule"], content["policy"]
+    checks = [_wrong("schedule.name", schedule.get("name"), (str,), "a string"),
+              _wrong("schedule.noise", schedule.get("noise"), (str,), "a string", required=False),
+              _wrong("policy.name", policy.get("name"), (str,), "a string"),
+              _wrong("policy.fallback", policy.get("fallback"), (str,), "a string", required=False),
+              _wrong("policy.threshold", policy.get("threshold"), _NUMBER, "a number",
+                     required=policy.get("name") == "learned"),
+              _wrong("policy.gamma", policy.get("gamma"), _NUMBER, "a number", required=False)]
+    if schedule.get("name") == "learned":
+        fractions = schedule.get("fractions")
+        checks.append(_wrong("schedule.fractions", fractions, (list,), "a list of numbers"))
+        if isinstance(fractions, list) and not all(isinstance(f, _NUMBER) and not isinstance(f, bool)
+                                                   for f in fractions):
+            checks.append("schedule.fractions holds something other than numbers")
+    if policy.get("name") == "learned":
+        checks.append(_wrong("policy.hidden", policy.get("hidden"), (int,), "an integer"))
+        weights = policy.get("weights", HEAD_FILE)
+        checks.append(_wrong("policy.weights", weights, (str,), "a file name"))
+        if isinstance(weights, str) and Path(weights).name != weights:  # never a path out of the directory
+            checks.append(f"policy.weights is {weights!r}, expected a file name inside the model directory")
+    return next((c for c in checks if c), None)
 
 
 def load_learned(
@@ -99,7 +152,7 @@ def load_learned(
     model_dir = Path(model_dir)
     content = read_scheduler_config(model_dir)
     path = model_dir / SCHEDULER_FILE
-    saved, here = content.get("model", {}), model_identity(meta)
+    saved, here = content["model"], model_identity(meta)
     differs = [
         f"{k}: learned for {saved.get(k)!r}, this model has {here[k]!r}"
         for k in here
@@ -110,31 +163,41 @@ def load_learned(
             f"{path} was learned for another model ({'; '.join(differs)}); re-run `fewstep schedule` "
             "for this model"
         )
-    if content.get("steps") != steps:
+    if content["steps"] != steps:
         raise RunError(
-            f"{path} was learned for a budget of {content.get('steps')} steps, not {steps}; sample with "
-            f"--steps {content.get('steps')}, or learn one with `fewstep schedule CONFIG steps={steps}`"
+            f"{path} was learned for a budget of {content['steps']} steps, not {steps}; sample with "
+            f"--steps {content['steps']}, or learn one with `fewstep schedule CONFIG steps={steps}`"
         )
-    sched_cfg = content["schedule"]
+    try:
+        return _schedule(content["schedule"], path), _policy(content["policy"], model_dir, meta, path), content
+    except RunError as error:
+        message = str(error)
+        raise RunError(message if str(path) in message else f"{path}: {message}") from error
+
+
+def _schedule(sched_cfg: dict[str, Any], path: Path) -> Schedule:
     if sched_cfg["name"] == "learned":
-        schedule: Schedule = AllocationSchedule(sched_cfg["fractions"], source=str(path))
-    else:
-        schedule = make_step_schedule(sched_cfg["name"], sched_cfg.get("noise", "loglinear"))
-    pol_cfg = content["policy"]
-    if pol_cfg["name"] == "learned":
-        weights = model_dir / pol_cfg.get("weights", HEAD_FILE)
-        if not weights.is_file():
-            raise RunError(
-                f"{path} names a policy head {weights.name} that is missing; re-run `fewstep schedule`"
-            )
-        head: PolicyHead = load_head(weights, int(pol_cfg["hidden"]))
-        fallback = make_policy(pol_cfg["fallback"]) if pol_cfg.get("fallback") else None
-        policy: Policy = LearnedPolicy(head, int(meta["vocab_size"]), float(pol_cfg["threshold"]), fallback)
-    else:
-        policy = make_policy(
+        return AllocationSchedule(sched_cfg["fractions"], source=str(path))
+    return make_step_schedule(sched_cfg["name"], sched_cfg.get("noise", "loglinear"))
+
+
+def _policy(pol_cfg: dict[str, Any], model_dir: Path, meta: dict[str, Any], path: Path) -> Policy:
+    if pol_cfg["name"] != "learned":
+        return make_policy(
             pol_cfg["name"],
             threshold=pol_cfg.get("threshold", 0.9),
             gamma=pol_cfg.get("gamma", 0.1),
             fallback=pol_cfg.get("fallback"),
         )
-    return schedule, policy, content
+    weights = model_dir / pol_cfg.get("weights", HEAD_FILE)
+    if not weights.is_file():
+        raise RunError(
+            f"{path} names a policy head {weights.name} that is missing; re-run `fewstep schedule`"
+        )
+    try:
+        head: PolicyHead = load_head(weights, int(pol_cfg["hidden"]))
+    except Exception as error:  # safetensors and torch raise several types for a bad or mismatched file
+        raise RunError(f"{weights} is not the policy head {path} describes "
+                       f"({' '.join(str(error).split())[:200]}); re-run `fewstep schedule`") from error
+    fallback = make_policy(pol_cfg["fallback"]) if pol_cfg.get("fallback") else None
+    return LearnedPolicy(head, int(meta["vocab_size"]), float(pol_cfg["threshold"]), fallback)
