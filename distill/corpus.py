@@ -202,8 +202,10 @@ def _hf_documents(cfg: DataConfig) -> list[str]:
     except ImportError as error:
         raise DataError("data.source=hf needs the Hugging Face `datasets` package, which is not installed: "
                         "pip install 'fewstep[hf]'") from error
+    # datasets < 4 can run a dataset's loading script (2.18-2.19 by default): never without the user's say
+    no_scripts = {"trust_remote_code": False} if int(datasets.__version__.split(".")[0]) < 4 else {}
     try:
-        dataset = datasets.load_dataset(cfg.path, cfg.hf_config, split=cfg.hf_split)
+        dataset = datasets.load_dataset(cfg.path, cfg.hf_config, split=cfg.hf_split, **no_scripts)
     except Exception as error:  # network, unknown dataset, bad config name: all reported the same way
         raise DataError(f"cannot load Hugging Face dataset {cfg.path!r} (config {cfg.hf_config!r}, split "
                         f"{cfg.hf_split!r}): {error}") from error

@@ -108,20 +108,20 @@ def check_vocab(model_vocab: int, tokenizer: Any, mask_id: int | None, model_mas
         )
 
 
-def check_tokenizer_identity(tokenizer: Any, vocab_size: int, fingerprint: str | None, what: str, use: str) -> None:
+def check_tokenizer_identity(tokenizer: Any, vocab_size: int, fingerprint: str | None, what: str) -> None:
     """Stop when `tokenizer` is not the one a model was saved with: another size, or another vocabulary.
 
     `vocab_size` and `fingerprint` (`data.tokenizer_fingerprint`) are what the model recorded; a
     model saved before fingerprints were recorded (None) is checked for its size only. `what` names
-    the tokenizer in the message and `use` says which one to use instead.
+    the tokenizer in the message; the caller adds which tokenizer to use instead.
     """
     size = len(tokenizer)
     if size != vocab_size:
         raise ModelError(f"{what} has {size} tokens, the model was saved with a tokenizer of {vocab_size}: it is "
-                         f"another tokenizer and would decode wrongly; {use}")
+                         "another tokenizer and would decode wrongly")
     if fingerprint is not None and tokenizer_fingerprint(tokenizer) != fingerprint:
         raise ModelError(f"{what} is not the tokenizer the model was saved with (same size, another vocabulary: "
-                         f"its fingerprint differs) and would decode wrongly; {use}")
+                         "its fingerprint differs) and would decode wrongly")
 
 
 def tiny_modernbert_config(cfg: ModelConfig, vocab_size: int, mask_id: int, seq_len: int,

@@ -340,8 +340,11 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", trust_r
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     except Exception as error:  # tokenizers raises several types for a bad file
         raise ModelError(f"cannot load the tokenizer in {path}: {str(error).splitlines()[0][:300]}") from error
-    check_tokenizer_identity(tokenizer, meta["vocab_size"], meta.get("tokenizer_fingerprint"),
-                             f"the tokenizer in {path}", _tokenizer_hint(path, meta))
+    try:
+        check_tokenizer_identity(tokenizer, meta["vocab_size"], meta.get("tokenizer_fingerprint"),
+                                 f"the tokenizer in {path}")
+    except ModelError as error:  # only now look for the right one (it may mean reading another tokenizer)
+        raise ModelError(f"{error}; {_tokenizer_hint(path, meta)}") from error
     auto = AutoModelForMaskedLM if family is None else getattr(transformers, family.auto_class)
     backbone = _load_backbone(path, auto, remote)
     _check_checksums(path, meta)
