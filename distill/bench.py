@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ import torch
 
 from fewstep.distill.config import ConfigError, DataConfig, LoggerConfig, MarkovConfig, save_config
 from fewstep.distill.data import build_data
+from fewstep.distill.io import OwnershipError
 from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.runtime import RunError, wandb_mode
+from fewstep.distill.ownership import check_dir, claim_dir, input_paths
+from fewstep.distill.runtime import RunError, check_device, wandb_mode
 from fewstep.distill.tradeoff import (
     Candidate,
     SampleFn,
@@ -29,8 +32,11 @@ __all__ = ["BenchModel", "BenchRunConfig", "run_bench", "sampler_fn", "device_na
 
 @dataclass
 class BenchModel:
+    """One model to measure: a model directory or a run's out_dir."""
+
     name: str = "model"
     path: str = "???"
+    trust_remote_code: bool = False  # let a directory that ships its own modeling code run it
 
 
 @dataclass
@@ -111,16 +117,40 @@ def _budgets(name: str, model: Any, sampler: str, steps: list[int]) -> list[int]
     return [int(read_scheduler_config(model.path)["steps"])]
 
 
-def run_bench(cfg: BenchRunConfig, progress: bool = True) -> dict[str, Any]:
-    """Measure every combination side by side; returns the tradeoff payload."""
+def _claim_out_dir(cfg: BenchRunConfig, overwrite: bool) -> bool:
+    """out_dir must be new, empty or a bench's; an earlier tradeoff.json is replaced only with `overwrite`."""
+    out_dir = Path(cfg.out_dir)
+    sources = input_paths(*(m.path for m in cfg.models), cfg.evaluator, cfg.export)
+    check_dir(out_dir, "bench", sources)
+    if (out_dir / "tradeoff.json").exists() and not overwrite:
+        raise OwnershipError(f"{out_dir / 'tradeoff.json'} holds an earlier bench's results; pass --overwrite to "
+                             "replace them, or give another out_dir=...; nothing was changed")
+    return claim_dir(out_dir, "bench", sources)
+
+
+def run_bench(cfg: BenchRunConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Measure every combination side by side; returns the tradeoff payload.
+
+    `out_dir` is owned (`ownership`): new, empty or a bench's, and an earlier `tradeoff.json` in it
+    is replaced only with `overwrite`. A directory this call created is removed if the bench fails.
+    """
     if not cfg.models:
         raise ConfigError("bench needs at least one model: models=[{name: teacher, path: runs/teacher}] in the YAML")
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    loaded = {m.name: load_model_dir(m.path, device=device) for m in cfg.models}
+    check_device(device, "device")
+    created = _claim_out_dir(cfg, overwrite)
+    try:
+        return _bench(cfg, Path(cfg.out_dir), device, progress)
+    except Exception:
+        if created:
+            shutil.rmtree(cfg.out_dir, ignore_errors=True)
+        raise
+
+
+def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: bool) -> dict[str, Any]:
+    loaded = {m.name: load_model_dir(m.path, device=device, trust_remote_code=m.trust_remote_code)
+              for m in cfg.models}
     first = next(iter(loaded.values()))
     data = _data_for(first.meta)
     for name, model in loaded.items():
@@ -143,6 +173,7 @@ def run_bench(cfg: BenchRunConfig, progress: bool = True) -> dict[str, Any]:
             jobs += [(Candidate(name, model.denoiser, sampler, schedule, fn), n) for n in budgets]
     if not jobs:
         raise ConfigError(f"nothing to measure: no model has what the samplers {cfg.samplers} need")
+    save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
     from tqdm.auto import tqdm
 
     rows = []

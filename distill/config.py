@@ -7,6 +7,7 @@ the valid keys named (`ConfigError`). The resolved config is saved next to every
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -56,6 +57,9 @@ class MarkovConfig:
             raise ConfigError(f"data.markov.branching must be in [1, num_states={self.num_states}]")
 
 
+MAX_SEQ_LEN = 65_536  # tokens per sequence; far above any model fewstep distils, far below an allocator failure
+
+
 @dataclass
 class DataConfig:
     """Where tokens come from, how long a sequence is, and how the data is split."""
@@ -79,8 +83,9 @@ class DataConfig:
         sources = ("markov", "stdlib", "text", "jsonl", "hf")
         if self.source not in sources:
             raise ConfigError(f"data.source={self.source!r} is not one of {', '.join(sources)}")
-        if self.seq_len < 2:
-            raise ConfigError("data.seq_len must be at least 2")
+        if not 2 <= self.seq_len <= MAX_SEQ_LEN:
+            raise ConfigError(f"data.seq_len={self.seq_len} must be in [2, {MAX_SEQ_LEN}] (tokens per sequence; "
+                              "real diffusion LMs use 1024-8192)")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError("data.val_fraction must be in (0, 1)")
         if self.source in ("text", "jsonl", "hf") and not self.path:
@@ -138,6 +143,18 @@ class OptimConfig:
     ema: float = 0.999  # 0 disables EMA
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"optim.lr={self.lr} must be a positive finite number, e.g. optim.lr=1e-3")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"optim.{name}={value} must be a finite number >= 0")
+        if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must both be in [0, 1)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
         if self.decay not in ("constant", "cosine"):
             raise ConfigError(f"optim.decay={self.decay!r} is not one of constant, cosine")
         if not 0.0 <= self.ema < 1.0:
@@ -265,6 +282,22 @@ def _explain(error: OmegaConfBaseException, schema: DictConfig) -> str:
     return f"bad value for config key {key!r}: {message}"
 
 
+def _refuse_placeholders(layers: list[DictConfig], names: list[str]) -> None:
+    """A `???` (a value still to fill in) that no later layer or override fills would silently keep the default."""
+    unset = object()
+    for index, (layer, name) in enumerate(zip(layers, names)):
+        try:
+            missing = sorted(OmegaConf.missing_keys(layer))
+        except OmegaConfBaseException:
+            continue  # a malformed layer is reported by the merge, with its key
+        for key in missing:
+            if not any(OmegaConf.select(later, key, default=unset, throw_on_missing=False) is not unset
+                       for later in layers[index + 1:]):
+                where = "on the command line" if name == "the command line" else f"in {name}"
+                raise ConfigError(f"config key {key!r} is ??? (a value still to fill in) {where} and nothing sets "
+                                  f"it; pass {key}=...")
+
+
 def load_config(schema_cls: type[T], config: str | Path | list[str | Path] | None,
                 overrides: list[str] | None = None) -> T:
     """Merge `schema_cls` defaults, YAML files (in order, later wins) and `key=value` overrides."""
@@ -280,6 +313,8 @@ def load_config(schema_cls: type[T], config: str | Path | list[str | Path] | Non
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+    names = [str(n) for n in ([] if config is None else config if isinstance(config, list) else [config])]
+    _refuse_placeholders(layers, [*names, "the command line"])
     try:
         merged = OmegaConf.merge(schema, *layers)
         obj = OmegaConf.to_object(merged)

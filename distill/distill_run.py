@@ -22,21 +22,25 @@ from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.loader import train_loader
 from fewstep.distill.model_dir import LoadedModel, is_model_dir, load_model_dir
 from fewstep.distill.module import DistillModule
+from fewstep.distill.ownership import input_paths
 from fewstep.distill.preemption import Preempted, PreemptionCheckpoint
 from fewstep.distill.rounds import RoundCallback
 from fewstep.distill.runtime import (
     RunError,
+    allocation_errors,
+    check_device,
     cluster_trainer_args,
     finish_loggers,
     make_loggers,
+    own_run_dir,
     prepare_backbone,
-    prepare_out_dir,
 )
 from fewstep.distill.trajectory import ensure_trajectories
 
 __all__ = ["DistillResult", "load_teacher", "run_distill"]
 
-RESUME_SECTIONS = ("teacher", "method", "data", "student", "loss", "rounds", "trajectory")
+# what a checkpoint depends on; optim too, since a resumed optimiser keeps its saved learning rate
+RESUME_SECTIONS = ("teacher", "method", "data", "student", "loss", "rounds", "trajectory", "optim")
 
 
 @dataclass
@@ -53,7 +57,7 @@ def load_teacher(source: TeacherSourceConfig) -> LoadedModel:
     """A teacher run's out_dir or a fewstep model directory; else a Hugging Face model (see `adapters`)."""
     path = Path(source.path)
     if source.family in ("auto", "fewstep") and path.exists() and is_model_dir(path):
-        return load_model_dir(path)
+        return load_model_dir(path, trust_remote_code=source.trust_remote_code)
     if source.family == "fewstep":
         raise ModelError(f"teacher.path={source.path!r} is not a fewstep model directory (teacher.family=fewstep)")
     if not path.exists() and (source.path.startswith((".", "/", "~")) or source.path.count("/") != 1):
@@ -84,20 +88,29 @@ def _check_fit(teacher: LoadedModel, data) -> None:
 
 
 def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> DistillResult:
+    """Distil `cfg.teacher` into a student in rounds; `out_dir` is owned (checked, marked, locked) for the run."""
     if cfg.trainer.strategy == "fsdp":
         raise RunError(
             "trainer.strategy=fsdp is not supported for distillation yet: the round hand-over copies and reloads "
             "whole state dicts, which has not been made shard-aware or tested. Use trainer.strategy=ddp; for "
             "7-8B teachers add student.lora.rank=16 (the distill/llada_8b and distill/dream_7b recipes)"
         )
+    check_device(cfg.trainer.accelerator, "trainer.accelerator")
     out_dir = Path(cfg.out_dir)
-    ckpt_path = prepare_out_dir(out_dir, cfg, resume, sections=RESUME_SECTIONS)
+    sources = input_paths(cfg.teacher.path, cfg.data.path, cfg.data.tokenizer)
+    with own_run_dir(out_dir, "distill-run", cfg, resume, RESUME_SECTIONS, sources) as ckpt_path:
+        return _distill(cfg, out_dir, ckpt_path, callbacks)
+
+
+def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None
+             ) -> DistillResult:
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     teacher = load_teacher(cfg.teacher)
     # a Hugging Face teacher brings its own tokenizer; a fewstep teacher's is found by path (_data_config)
-    data = build_data(_data_config(cfg, teacher), out_dir, tokenizer=None if teacher.path else teacher.tokenizer)
+    with allocation_errors("building the data"):
+        data = build_data(_data_config(cfg, teacher), out_dir, tokenizer=None if teacher.path else teacher.tokenizer)
     _check_fit(teacher, data)
-    save_config(cfg, out_dir / "config.yaml")
+    save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
 
     schedule_name = teacher.meta.get("noise_schedule", "loglinear")
     schedule = make_schedule(schedule_name, teacher.meta.get("noise_eps", 1e-3))
@@ -134,6 +147,7 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
     total = cfg.rounds.count * cfg.rounds.steps_per_round
     checkpoints = out_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="step-{step}", save_top_k=0, save_last=True,
+                                 enable_version_counter=False,
                                  every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.rounds.steps_per_round))
     preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
     loader, position = train_loader(train_tokens, cfg.trainer.batch_size, seed=cfg.trainer.seed,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,14 @@ from fewstep.distill.config import DataConfig, LoggerConfig, OptimConfig, Traine
 from fewstep.distill.data import build_data, make_loader
 from fewstep.distill.denoiser import ModelError
 from fewstep.distill.io import atomic_replace_dir, atomic_write_text
+from fewstep.distill.ownership import input_paths
 from fewstep.distill.runtime import (
     AtomicCheckpointIO,
+    allocation_errors,
+    check_device,
     finish_loggers,
     make_loggers,
-    prepare_out_dir,
+    own_run_dir,
     resolve_precision,
 )
 from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
@@ -104,12 +110,19 @@ class ARModule(L.LightningModule):
 
 def train_evaluator(cfg: EvaluatorRunConfig, resume: bool = False) -> dict[str, Any]:
     """Train the GPT-2-config evaluator; writes `out_dir/model/` (a Hugging Face causal LM + tokenizer)."""
+    check_device(cfg.trainer.accelerator, "trainer.accelerator")
     out_dir = Path(cfg.out_dir)
-    ckpt = prepare_out_dir(out_dir, cfg, resume, sections=("data", "model"))
+    sources = input_paths(cfg.model.pretrained, cfg.data.path, cfg.data.tokenizer)
+    with own_run_dir(out_dir, "evaluator-run", cfg, resume, ("data", "model", "optim"), sources) as ckpt:
+        return _train_evaluator(cfg, out_dir, ckpt)
+
+
+def _train_evaluator(cfg: EvaluatorRunConfig, out_dir: Path, ckpt: Path | None) -> dict[str, Any]:
     L.seed_everything(cfg.trainer.seed, verbose=False)
-    data = build_data(cfg.data, out_dir)
-    save_config(cfg, out_dir / "config.yaml")
-    model = _gpt2(cfg.model, len(data.tokenizer), data.train.shape[1], data.mask_id)
+    with allocation_errors("building the data and the model"):
+        data = build_data(cfg.data, out_dir)
+        model = _gpt2(cfg.model, len(data.tokenizer), data.train.shape[1], data.mask_id)
+    save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
     module = ARModule(model, data.mask_id, cfg.optim, cfg.trainer.max_steps)
     trainer = L.Trainer(
         max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
@@ -157,16 +170,43 @@ def load_evaluator(path: str | Path, device: str | torch.device = "cpu") -> Eval
     path = Path(path)
     if (path / "model" / "config.json").exists():
         path = path / "model"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load the evaluator {path}: {str(error).splitlines()[0]}") from error
+    with _load_report() as report:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load the evaluator {path}: {str(error).splitlines()[0]}") from error
+        except RuntimeError as error:  # weights that do not fit config.json (e.g. another vocabulary size)
+            found = "; ".join(report) or str(error).splitlines()[0]
+            raise ModelError(f"cannot load the evaluator {path}: its weights do not fit its config.json ({found}); "
+                             "re-train it with `fewstep evaluator` or use the directory it was saved as") from error
     meta_file = path / "fewstep_evaluator.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     start = meta.get("start_id", model.config.bos_token_id)
     if start is None:
         raise ModelError(f"the evaluator {path} has no bos_token_id to start sequences with")
     return Evaluator(model.to(device).eval(), int(start), meta)
+
+
+@contextmanager
+def _load_report() -> Iterator[list[str]]:
+    """The rows of transformers' loading report (mismatched shapes), which its error only points "above" to."""
+    import logging
+
+    rows: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
+            rows.extend(" ".join(line.replace("|", " ").split()) for line in text.splitlines()
+                        if "MISMATCH" in line and not line.lstrip().startswith("-"))
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield rows
+    finally:
+        logger.removeHandler(handler)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ learned schedule came with the model.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 
 from fewstep.distill.denoiser import Denoiser, ModelError
-from fewstep.distill.io import atomic_write_text
+from fewstep.distill.io import CheckpointError, OwnershipError, atomic_replace_dir, load_checkpoint
 from fewstep.distill.model_dir import load_model_dir, resolve_model_dir, save_model_dir
+from fewstep.distill.ownership import check_dir, mark_dir
 
 __all__ = ["GENERATION_FILE", "export_model", "Pipeline", "load"]
 
@@ -34,15 +36,24 @@ def _run_dir_of(checkpoint: Path) -> Path:
     return run
 
 
-def _from_checkpoint(checkpoint: Path) -> tuple[Denoiser, Any, dict[str, Any], Path]:
-    """Rebuild the run's architecture from its model directory and load the checkpoint's weights."""
-    run = _run_dir_of(checkpoint)
-    template = run / "model" if (run / "model").exists() else sorted(run.glob("round_*/model"))[-1]
-    loaded = load_model_dir(template)
+def _template_of(run: Path) -> Path:
+    return run / "model" if (run / "model").exists() else sorted(run.glob("round_*/model"))[-1]
+
+
+def _from_checkpoint(checkpoint: Path, trust_remote_code: bool = False) -> tuple[Denoiser, Any, dict[str, Any], Path]:
+    """Rebuild the run's architecture from its model directory and load the checkpoint's weights.
+
+    The checkpoint is read with `weights_only=True` (`load_checkpoint`): a file whose pickle would
+    build anything but tensors and containers is refused before any of it runs.
+    """
+    template = _template_of(_run_dir_of(checkpoint))
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    except Exception as error:  # a truncated or foreign file raises several types
-        raise ModelError(f"{checkpoint} is not a readable Lightning checkpoint ({error})") from error
+        state = load_checkpoint(checkpoint)["state_dict"]
+    except CheckpointError as error:
+        raise ModelError(str(error)) from error
+    except KeyError as error:
+        raise ModelError(f"{checkpoint} is not a Lightning checkpoint (it has no state_dict)") from error
+    loaded = load_model_dir(template, trust_remote_code=trust_remote_code)
     for prefix in ("student.", "denoiser."):
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:
@@ -56,31 +67,70 @@ def _from_checkpoint(checkpoint: Path) -> tuple[Denoiser, Any, dict[str, Any], P
     return loaded.denoiser, loaded.tokenizer, loaded.meta, template
 
 
-def export_model(source: str | Path, out_dir: str | Path, generation: dict[str, Any] | None = None) -> Path:
-    """Write a deployable directory from a Lightning checkpoint (.ckpt) or a model directory."""
+def _check_generation(settings: Any, where: str) -> dict[str, Any]:
+    """Generation defaults must be a JSON object with a step count >= 1 and a finite temperature >= 0."""
+    if not isinstance(settings, dict):
+        raise ModelError(f"{where} must hold a JSON object of generation defaults (steps, sampler, schedule)")
+    steps, temperature = settings.get("steps"), settings.get("temperature", 1.0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ModelError(f"{where}: the step count must be an integer >= 1, got {steps!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ModelError(f"{where}: the temperature must be a finite number >= 0, got {temperature!r}")
+    return settings
+
+
+def _check_out_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
+    """OUT_DIR must be new, empty, or an export (then only with --overwrite); never an input's directory."""
+    if check_dir(out_dir, "export", inputs) == "export" and not overwrite:
+        raise OwnershipError(f"{out_dir} holds an export already; pass --overwrite to replace it, or give another "
+                             "OUT_DIR; nothing was changed")
+
+
+def export_model(source: str | Path, out_dir: str | Path, generation: dict[str, Any] | None = None,
+                 overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+    """Write a deployable directory from a Lightning checkpoint (.ckpt) or a model directory.
+
+    `out_dir` is replaced as a whole, atomically, and only if it is an export (with `overwrite`);
+    a run, a model directory, the source itself or a foreign directory is refused untouched.
+    """
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise ModelError(f"{source} does not exist")
+    if generation and generation.get("steps") is not None:
+        _check_generation({"steps": generation["steps"]}, "--steps")
+    inputs = [source, _run_dir_of(source)] if source.is_file() else [source, resolve_model_dir(source)]
+    _check_out_dir(out_dir, inputs, overwrite)
     if source.is_file():
-        denoiser, tokenizer, meta, origin = _from_checkpoint(source)
+        denoiser, tokenizer, meta, origin = _from_checkpoint(source, trust_remote_code)
     else:
-        loaded = load_model_dir(source)
+        loaded = load_model_dir(source, trust_remote_code=trust_remote_code)
         denoiser, tokenizer, meta, origin = loaded.denoiser, loaded.tokenizer, loaded.meta, resolve_model_dir(source)
-    if out_dir.resolve() == origin.resolve():
-        raise ModelError("the export directory must differ from the source model directory")
     defaults = {"steps": meta.get("steps", 64), "sampler": "ancestral", "schedule": meta.get("noise_schedule",
                                                                                              "loglinear"),
                 "temperature": 1.0}
     previous = origin / GENERATION_FILE
     if previous.exists():
-        defaults.update(json.loads(previous.read_text()))
+        try:
+            defaults.update(_check_generation(json.loads(previous.read_text()), str(previous)))
+        except json.JSONDecodeError as error:
+            raise ModelError(f"{previous} is not valid JSON ({error})") from error
     defaults.update(generation or {})
+    _check_generation(defaults, "the generation defaults")
     meta = {**meta, "steps": defaults["steps"], "sampler": defaults["sampler"], "schedule": defaults["schedule"]}
-    save_model_dir(denoiser, tokenizer, out_dir, meta)
-    for name in CARRIED:
-        if (origin / name).exists() and name != GENERATION_FILE:
-            shutil.copy2(origin / name, out_dir / name)
-    atomic_write_text(out_dir / GENERATION_FILE, json.dumps(defaults, indent=2))
+
+    def fill(tmp: Path) -> None:
+        save_model_dir(denoiser, tokenizer, tmp, meta)
+        for name in CARRIED:
+            if (origin / name).exists() and name != GENERATION_FILE:
+                shutil.copy2(origin / name, tmp / name)
+        (tmp / GENERATION_FILE).write_text(json.dumps(defaults, indent=2))
+        mark_dir(tmp, "export")
+
+    try:
+        atomic_replace_dir(out_dir, fill, check=lambda path: _check_out_dir(path, inputs, overwrite=True))
+    except OSError as error:
+        raise OwnershipError(f"cannot write the export {out_dir}: {error.strerror or error}; give a directory you "
+                             "can write to") from error
     return out_dir
 
 
@@ -114,9 +164,13 @@ class Pipeline:
                 "nfe": out.nfe_per_sequence, "steps": steps}
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
-    """Load an export (or any fewstep model directory) for generation."""
-    loaded = load_model_dir(path, device=device)
+def load(path: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Pipeline:
+    """Load an export (or any fewstep model directory) for generation.
+
+    `trust_remote_code=True` lets a directory that ships its own modeling code run it; only pass it
+    for a directory you trust (the CLI's `--trust-remote-code`).
+    """
+    loaded = load_model_dir(path, device=device, trust_remote_code=trust_remote_code)
     directory = resolve_model_dir(path)
     generation = {"steps": loaded.meta.get("steps", 64), "sampler": "ancestral",
                   "schedule": loaded.meta.get("noise_schedule", "loglinear"), "temperature": 1.0}

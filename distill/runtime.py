@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +14,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from fewstep.distill.config import LoggerConfig, RuntimeConfig
-from fewstep.distill.io import atomic_save
+from fewstep.distill.io import CheckpointError, atomic_save, load_checkpoint
+from fewstep.distill.ownership import RunLock, check_dir, claim_dir, is_worker_process
 
-__all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "make_loggers", "finish_loggers",
-           "resolve_precision", "wandb_mode", "cluster_trainer_args", "prepare_backbone", "clip_gradients"]
+__all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "own_run_dir", "check_device",
+           "allocation_errors", "make_loggers", "finish_loggers", "resolve_precision", "wandb_mode", "cluster_trainer_args", "prepare_backbone", "clip_gradients"]
 
 
 class RunError(RuntimeError):
@@ -22,32 +26,61 @@ class RunError(RuntimeError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file, fsynced, then renamed: a crash never leaves half a file."""
+    """Checkpoints written to a temporary file, fsynced, then renamed: a crash never leaves half a file.
+
+    They are read back (Lightning's own resume) with `load_checkpoint`: tensors and plain
+    containers only, so a crafted checkpoint cannot run code even inside `trainer.fit`.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         atomic_save(path, lambda tmp: torch.save(checkpoint, tmp))
 
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        try:
+            return load_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+        except CheckpointError as error:
+            raise RunError(str(error)) from error
+
+
+def _holds_run(out_dir: Path) -> str | None:
+    """What in `out_dir` shows a run already produced something (checkpoints, a model, rounds), or None."""
+    checkpoints = out_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        return "checkpoints/"
+    for name in ("model", "round_0", "summary.json", "rounds.json"):
+        if (out_dir / name).exists():
+            return f"{name}{'/' if (out_dir / name).is_dir() else ''}: a finished run"
+    return None
+
 
 def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool,
-                    sections: tuple[str, ...] = ("data", "model", "diffusion")) -> Path | None:
-    """Guard `out_dir`: never overwrite a run by accident; on resume, return the checkpoint to continue.
+                    sections: tuple[str, ...] = ("data", "model", "diffusion", "optim")) -> Path | None:
+    """Check `out_dir` for a run, writing nothing: never start over a run; on resume, return the checkpoint.
 
-    Resuming with a config whose `sections` (those a checkpoint depends on) changed is refused with
-    the keys named.
+    Resuming needs an intact `checkpoints/last.ckpt` (read without unpickling code) and a config
+    whose `sections` (those a checkpoint depends on, the optimiser's included: a new `optim.lr`
+    would be recorded in config.yaml but not used) are unchanged; otherwise the keys are named.
     """
     last = out_dir / "checkpoints" / "last.ckpt"
     saved = out_dir / "config.yaml"
     if not resume:
-        if last.exists():
+        held = _holds_run(out_dir)
+        if held:
             raise RunError(
-                f"{out_dir} already holds a run (checkpoints/last.ckpt). Pass --resume to continue it, or choose "
-                "another out_dir=...; nothing was changed."
+                f"{out_dir} already holds a run ({held}). Pass --resume to continue it, or choose another "
+                "out_dir=...; nothing was changed."
             )
         return None
     if not last.exists():
-        raise RunError(f"--resume: there is no checkpoint to resume at {last}; start without --resume")
-    for partial in last.parent.glob(".*.tmp"):  # a save killed midway; the checkpoint it was replacing is intact
-        partial.unlink(missing_ok=True)
+        held = _holds_run(out_dir)
+        state = f"it holds {held} but no checkpoint" if held else "there is no checkpoint there"
+        raise RunError(f"--resume: {state} to continue from ({last}); start without --resume in a new out_dir")
+    try:
+        load_checkpoint(last, mmap=True)
+    except CheckpointError as error:
+        raise RunError(f"--resume: {error}. Restore an intact last.ckpt or start a new out_dir; nothing was "
+                       "changed.") from error
     if saved.exists():
         old = OmegaConf.to_container(OmegaConf.load(saved))
         new = OmegaConf.to_container(OmegaConf.structured(cfg))
@@ -63,12 +96,71 @@ def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool,
     return last
 
 
+@contextmanager
+def own_run_dir(out_dir: Path, kind: str, cfg: Any, resume: bool,
+                sections: tuple[str, ...] = ("data", "model", "diffusion", "optim"),
+                sources: tuple[str | Path, ...] = ()) -> Iterator[Path | None]:
+    """Own `out_dir` for a run of `kind`: check, mark and lock it; yield the checkpoint to resume from.
+
+    Every check (`ownership.check_dir`, a live lock, `prepare_out_dir`) comes before anything is
+    written. The lock is held until the run returns or fails. A directory this call created is
+    removed again if the run fails before its first checkpoint, so a refused start leaves nothing.
+    Other data-parallel processes only read: the first process did the checks and holds the lock.
+    """
+    if is_worker_process():
+        yield prepare_out_dir(out_dir, cfg, resume, sections) if resume else None
+        return
+    check_dir(out_dir, kind, sources)
+    lock = RunLock(out_dir)
+    lock.check()
+    ckpt_path = prepare_out_dir(out_dir, cfg, resume, sections)
+    created = claim_dir(out_dir, kind, sources)
+    lock.acquire()
+    if ckpt_path is not None:
+        for partial in ckpt_path.parent.glob(".*.tmp"):  # a save killed midway; the checkpoint it replaced is intact
+            partial.unlink(missing_ok=True)
+    try:
+        yield ckpt_path
+    except Exception:
+        if created and _holds_run(out_dir) is None:
+            lock.release()
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def check_device(device: str | torch.device | None, what: str = "--device") -> None:
+    """Refuse a CUDA device where torch sees no GPU, with what to use instead (`what`: the flag or config key)."""
+    name = str(device or "")
+    if name.startswith(("cuda", "gpu")) and not torch.cuda.is_available():
+        sep = " " if what.startswith("-") else "="
+        raise RunError(f"{what}{sep}{name}: torch sees no CUDA GPU here (torch {torch.__version__}); use "
+                       f"{what}{sep}cpu, or run where a GPU is visible")
+
+
+@contextmanager
+def allocation_errors(what: str) -> Iterator[None]:
+    """Turn an allocator failure (a huge data.seq_len or data set) into one line saying what to lower."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise RunError(f"out of memory while {what}; lower data.seq_len, data.num_train or the model size") from error
+    except RuntimeError as error:
+        if "allocate" not in str(error) and "out of memory" not in str(error):
+            raise
+        raise RunError(f"out of memory while {what} ({str(error).splitlines()[0][:120]}); lower data.seq_len, "
+                       "data.num_train or the model size") from error
+
+
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
             out += _diff(old.get(key), new.get(key), f"{prefix}.{key}")
         return out
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):  # YAML has no tuples
+        old, new = list(old), list(new)
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 

@@ -20,13 +20,16 @@ from fewstep.distill.denoiser import build_denoiser
 from fewstep.distill.diffusion import make_schedule
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import save_model_dir
+from fewstep.distill.ownership import input_paths
 from fewstep.distill.preemption import Preempted, PreemptionCheckpoint
 from fewstep.distill.runtime import (
+    allocation_errors,
+    check_device,
     cluster_trainer_args,
     finish_loggers,
     make_loggers,
+    own_run_dir,
     prepare_backbone,
-    prepare_out_dir,
 )
 from fewstep.distill.teacher import TeacherModule
 
@@ -59,13 +62,24 @@ def model_meta(data: TokenData, cfg: TeacherRunConfig) -> dict[str, Any]:
 
 
 def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[Callback] | None = None) -> TeacherResult:
-    """Train a teacher as `cfg` says; continue from `out_dir/checkpoints/last.ckpt` with `resume`."""
+    """Train a teacher as `cfg` says; continue from `out_dir/checkpoints/last.ckpt` with `resume`.
+
+    `out_dir` is owned for the run (`own_run_dir`): checked, marked and locked before anything is written.
+    """
+    check_device(cfg.trainer.accelerator, "trainer.accelerator")
     out_dir = Path(cfg.out_dir)
-    ckpt_path = prepare_out_dir(out_dir, cfg, resume)
+    sources = input_paths(cfg.model.pretrained, cfg.data.path, cfg.data.tokenizer)
+    with own_run_dir(out_dir, "teacher-run", cfg, resume, sources=sources) as ckpt_path:
+        return _train(cfg, out_dir, ckpt_path, callbacks)
+
+
+def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbacks: list[Callback] | None
+           ) -> TeacherResult:
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    data = build_data(cfg.data, out_dir)
-    denoiser = build_denoiser(cfg.model, data.tokenizer, data.mask_id, cfg.data.seq_len)
-    save_config(cfg, out_dir / "config.yaml")
+    with allocation_errors("building the data and the model"):
+        data = build_data(cfg.data, out_dir)
+        denoiser = build_denoiser(cfg.model, data.tokenizer, data.mask_id, cfg.data.seq_len)
+    save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
     atomic_write_text(out_dir / "data.json", json.dumps(data.describe(), indent=2))
 
     module = TeacherModule(
@@ -80,7 +94,7 @@ def train_teacher(cfg: TeacherRunConfig, resume: bool = False, callbacks: list[C
     checkpoints = out_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/nelbo", mode="min", save_top_k=1,
                            save_last=False, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True,
+    last = ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False,
                            every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.trainer.max_steps))
     preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
     train_loader, position = loader.train_loader(data.train, cfg.trainer.batch_size, seed=cfg.trainer.seed,

@@ -20,6 +20,8 @@ CONFIG_HELP = (
     "quickstart); keys it does not set keep their defaults"
 )
 OVERRIDES_HELP = "config overrides as key=value, e.g. data.seq_len=128 trainer.max_steps=500 out_dir=runs/t"
+TRUST_HELP = ("let a model directory that ships its own Python modeling code run it (Hugging Face "
+              "trust_remote_code); off by default: only pass it for a directory you trust")
 
 
 def _add_run_command(commands, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
@@ -90,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
     sample.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64)")
     sample.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    sample.add_argument("--out", default="-", help="output JSONL file, or - for standard output (default)")
+    sample.add_argument("--out", default="-", help="output JSONL file, or - for standard output (default); an "
+                        "existing file is refused unless --overwrite")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file written by fewstep sample (never any other file)")
+    sample.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     from fewstep.samplers.commands import add_sampler_options, add_schedule_parser
 
     add_sampler_options(sample)
@@ -104,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("config", metavar="CONFIG", help=CONFIG_HELP + " (e.g. a YAML with models: [{name, path}])")
     bench.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    bench.add_argument("--overwrite", action="store_true",
+                       help="replace the tradeoff.json of an earlier bench in out_dir (refused without it)")
 
     tune = commands.add_parser(
         "tune", help="pick the smallest step count meeting a quality target; write it into an export",
@@ -131,8 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "metadata), tokenizer files, fewstep.json and fewstep_generation.json (generation defaults).",
     )
     export.add_argument("source", metavar="CKPT", help="a .ckpt file, a model directory or a run's out_dir")
-    export.add_argument("out_dir", metavar="OUT_DIR", help="the export directory (replaced atomically)")
-    export.add_argument("--steps", type=int, default=None, help="default step count for generation")
+    export.add_argument("out_dir", metavar="OUT_DIR",
+                        help="the export directory: new, empty, or an earlier export (with --overwrite, replaced "
+                             "atomically); never a run, a model directory or a directory fewstep did not make")
+    export.add_argument("--steps", type=int, default=None, help="default step count for generation (>= 1)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is an earlier export")
+    export.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
 
     generate = commands.add_parser(
         "generate", help="generate text from an export with its tuned defaults",
@@ -142,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-samples", type=int, default=4, help="how many samples (default 4)")
     generate.add_argument("--steps", type=int, default=None, help="override the export's step count")
     generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    generate.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
 
     quick = commands.add_parser(
         "quickstart", help="run the whole pipeline on the embedded default (markov) and print a results table",
@@ -155,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "configs/quickstart.yaml.",
     )
     quick.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
-    quick.add_argument("--fresh", action="store_true", help="retrain even if a finished run is in --out")
+    quick.add_argument("--fresh", action="store_true",
+                       help="delete --out and retrain (only if --out is a quickstart directory)")
     quick.add_argument("--steps", default=None,
                        help="comma-separated step counts for the trade-off sweep (default 4,8,16,32,64)")
     quick.add_argument("--num-samples", type=int, default=None, help="samples per measurement (default 64)")
@@ -218,17 +232,34 @@ def _cmd_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_samples_file(path: Path) -> bool:
+    """Whether `path` is a JSONL file `fewstep sample` wrote (its first line a record with tokens and sampler)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = json.loads(handle.readline(1_000_000))
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"tokens", "sampler"} <= set(first)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from fewstep.distill.io import atomic_write_text
+    from fewstep.distill.io import OwnershipError, atomic_write_text
+    from fewstep.distill.ownership import check_file
     from fewstep.samplers.commands import sample_records_with_options
 
+    if args.out != "-":  # checked before sampling, so a refusal costs nothing
+        check_file(Path(args.out), args.overwrite, _is_samples_file, "a samples file")
     records = sample_records_with_options(args)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.out == "-":
         sys.stdout.write(lines)
-    else:
+        return 0
+    try:
         atomic_write_text(Path(args.out), lines)
-        print(f"wrote {len(records)} samples to {args.out}", file=sys.stderr)
+    except OSError as error:
+        raise OwnershipError(f"cannot write --out {args.out}: {error.strerror or error}; give a path you can write "
+                             "to") from error
+    print(f"wrote {len(records)} samples to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -244,7 +275,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fewstep.pipeline import format_table
 
     cfg = load_config(BenchRunConfig, args.config, args.overrides)
-    payload = run_bench(cfg)
+    payload = run_bench(cfg, overwrite=args.overwrite)
     rows = summary_rows(payload["rows"])
     print(format_table(rows, list(rows[0])))
     print(f"\nwrote {Path(cfg.out_dir) / 'tradeoff.json'} and {Path(cfg.out_dir) / 'pareto.png'} "
@@ -289,15 +320,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from fewstep.distill.export import export_model
 
-    out = export_model(args.source, args.out_dir, {"steps": args.steps} if args.steps else None)
+    out = export_model(args.source, args.out_dir, None if args.steps is None else {"steps": args.steps},
+                       overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     print(f"exported to {out}")
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import fewstep
+    from fewstep.distill.config import ConfigError
+    from fewstep.distill.export import load
 
-    pipeline = fewstep.load(args.model_dir)
+    if args.steps is not None and args.steps < 1 or args.num_samples < 1:
+        raise ConfigError("--steps and --num-samples must be at least 1")
+    pipeline = load(args.model_dir, trust_remote_code=args.trust_remote_code)
     result = pipeline.generate(num_samples=args.num_samples, steps=args.steps, seed=args.seed)
     for text, tokens in zip(result["texts"], result["tokens"].tolist()):
         print(json.dumps({"text": text, "tokens": tokens, "steps": result["steps"]}))
@@ -337,13 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     from fewstep.distill.config import ConfigError
     from fewstep.distill.data import DataError
     from fewstep.distill.denoiser import ModelError
+    from fewstep.distill.io import CheckpointError, OwnershipError
     from fewstep.distill.preemption import Preempted
     from fewstep.distill.runtime import RunError
     from fewstep.distill.teacher import NonFiniteLossError
 
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelError, RunError) as error:
+    except (ConfigError, DataError, ModelError, RunError, OwnershipError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

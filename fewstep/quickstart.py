@@ -4,12 +4,12 @@ teacher -> reference autoregressive evaluator -> distilled students (trajectory 
 allocation for the last student -> trade-off sweep over samplers and step counts (tradeoff.json,
 pareto.png, W&B) -> tune (fewest steps meeting the quality target) -> export.
 Each stage writes into its own folder under --out and is reused on a re-run unless --fresh; a
-re-run with other settings is refused rather than mixing two configurations.
+re-run with other settings is refused rather than mixing two configurations. --out is a quickstart
+directory (`ownership`): new, empty or marked as one; --fresh deletes nothing else.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,9 +19,13 @@ from omegaconf import OmegaConf
 
 from fewstep.distill.config import TeacherRunConfig, load_config, save_config
 from fewstep.distill.distill_config import DistillRunConfig
+from fewstep.distill.ownership import check_dir, claim_dir, remove_owned
 from fewstep.distill.runtime import RunError
 
 __all__ = ["QuickstartConfig", "quickstart"]
+
+# what a quickstart directory holds; `--fresh` deletes a directory written before markers only if it holds nothing else
+STAGES = ("quickstart.yaml", "teacher", "evaluator", "distill", "bench", "export")
 
 
 @dataclass
@@ -73,14 +77,15 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
     start = time.perf_counter()
     out = Path(out)
     cfg = load_config(QuickstartConfig, "quickstart", overrides)
-    if fresh and out.exists():
-        shutil.rmtree(out)
+    check_dir(out, "quickstart")
+    if fresh:  # only a quickstart's own directory is ever deleted
+        remove_owned(out, "quickstart", STAGES)
     saved = out / "quickstart.yaml"
     wanted = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if saved.exists() and saved.read_text() != wanted:
         raise RunError(f"{out} holds a quickstart made with other settings ({saved}); give the same overrides as "
                        "before, pass --fresh to start over, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "quickstart")
     save_config(cfg, saved)
     total = 7
 
@@ -152,7 +157,7 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
     print(f"[7/{total}] export", flush=True)
     source = teacher_dir if chosen["model"] == "teacher" else next(m.path for m in models if m.name == chosen["model"])
     export_dir = export_model(source, out / "export", {"steps": chosen["steps"], "sampler": chosen["sampler"],
-                                                       "schedule": chosen["schedule"]})
+                                                       "schedule": chosen["schedule"]}, overwrite=True)
 
     table = summary_rows(rows, reference="teacher")
     columns = ["model", "sampler", "steps", "nfe", metric]
