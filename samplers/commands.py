@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 __all__ = [
@@ -119,6 +120,8 @@ def sample_with_options(
         raise RunError("--steps must be at least 1")
     if args.num_samples < 1:
         raise RunError("--num-samples must be at least 1")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise RunError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     meta = loaded.meta
     seq_len = seq_len or args.seq_len or int(meta.get("seq_len", 64))
     max_len = getattr(getattr(loaded.denoiser, "backbone", None), "config", None)
@@ -162,9 +165,11 @@ def sample_records_with_options(args: argparse.Namespace) -> list[dict[str, Any]
 
     from fewstep.distill.model_dir import load_model_dir
     from fewstep.distill.quality import task_for
+    from fewstep.distill.runtime import check_device
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model_dir(args.model_dir, device=device)
+    check_device(device)
+    loaded = load_model_dir(args.model_dir, device=device, trust_remote_code=args.trust_remote_code)
     output, described = sample_with_options(loaded, args, device=device)
     chain = task_for(loaded.meta.get("data"))
     seq_len = output.tokens.shape[1]

@@ -6,6 +6,8 @@ with the model (`fewstep sample --sampler learned`).
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any
 import torch
 
 from fewstep.distill.config import MISSING, ConfigError, DataConfig, MarkovConfig
-from fewstep.distill.runtime import RunError
+from fewstep.distill.io import OwnershipError
+from fewstep.distill.runtime import RunError, check_device
 from fewstep.samplers.grpo import GRPOConfig
 
 __all__ = ["AllocationSearchConfig", "PolicyLearnConfig", "ScheduleRunConfig", "run_schedule_config"]
@@ -93,6 +96,7 @@ class ScheduleRunConfig:
     temperature: float = 1.0
     seed: int = 0
     device: str | None = None  # default: cuda when available
+    trust_remote_code: bool = False  # let a model directory that ships its own modeling code run it
     progress: bool = True  # a progress bar over the search's evaluations
     allocation: AllocationSearchConfig = field(default_factory=AllocationSearchConfig)
     policy: PolicyLearnConfig = field(default_factory=PolicyLearnConfig)
@@ -104,6 +108,8 @@ class ScheduleRunConfig:
             raise ConfigError(f"what={self.what!r} is not one of allocation, policy, both")
         if self.seq_len < 0 or self.batch_size < 1:
             raise ConfigError("seq_len must be >= 0 and batch_size >= 1")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
 
 
 def _heldout(meta: dict[str, Any], model_dir: Path) -> tuple[Any, torch.Tensor | None]:
@@ -133,8 +139,10 @@ def run_schedule_config(cfg: ScheduleRunConfig) -> dict[str, Any]:
 
     began = time.perf_counter()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model_dir(cfg.model, device=device)
+    check_device(device, "device")
+    loaded = load_model_dir(cfg.model, device=device, trust_remote_code=cfg.trust_remote_code)
     meta, model_dir = loaded.meta, Path(loaded.path)
+    _check_writable(model_dir)
     seq_len = cfg.seq_len or int(meta.get("seq_len", 64))
     chain, val = _heldout(meta, model_dir)
     schedule, policy, report = learn_schedule(
@@ -150,6 +158,16 @@ def run_schedule_config(cfg: ScheduleRunConfig) -> dict[str, Any]:
     path = save_scheduler_config(model_dir, meta, cfg.steps, schedule, policy, report)
     print(f"wrote {path}")
     return report
+
+
+def _check_writable(model_dir: Path) -> None:
+    """The schedule is written into the model directory: it must be fewstep's (fewstep.json) and writable."""
+    if not (model_dir / "fewstep.json").is_file():
+        raise OwnershipError(f"{model_dir} is not a fewstep model directory (no fewstep.json); the schedule is "
+                             "written only into one")
+    if not os.access(model_dir, os.W_OK):
+        raise OwnershipError(f"cannot write into {model_dir} (permission denied); copy the model with "
+                             "`fewstep export` to a directory you own and learn the schedule there")
 
 
 def learn_schedule(
