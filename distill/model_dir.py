@@ -42,7 +42,8 @@ REEXPORT = "re-export the model"
 # fewstep.json keys that are read, with the JSON types they must have (None: may be null)
 _REQUIRED = {"format": (str,), "mask_id": (int,), "vocab_size": (int,)}
 _OPTIONAL = {"family": (str, type(None)), "time_conditioning": (bool,), "seq_len": (int,), "steps": (int,),
-             "noise_schedule": (str,), "data_fingerprint": (str, type(None)), "checksums": (dict,),
+             "noise_schedule": (str,), "noise_eps": (int, float), "sampler": (str,), "schedule": (str,),
+             "data": (dict, type(None)), "data_fingerprint": (str, type(None)), "checksums": (dict,),
              "tokenizer_fingerprint": (str,), "remote_code": (bool,), "trust_remote_code": (bool,)}
 
 
@@ -190,7 +191,10 @@ def _read_json_object(file: Path) -> dict[str, Any]:
 
 
 def _type_names(types: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", type(None): "null"}
+    if types == (int, float):
+        return "a number"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object",
+             type(None): "null"}
     return " or ".join(names[t] for t in types)
 
 

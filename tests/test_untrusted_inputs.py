@@ -278,6 +278,7 @@ def test_a_fewstep_json_of_the_wrong_shape_is_one_error_line(run_dir, tmp_path):
     (lambda m: {**m, "mask_id": "8"}, "'mask_id' is \"8\", expected an integer"),
     (lambda m: {**m, "mask_id": True}, "'mask_id' is true, expected an integer"),
     (lambda m: {**m, "checksums": ["sha256:0"]}, "'checksums' is"),
+    (lambda m: {**m, "data": ["markov"]}, "'data' is [\"markov\"], expected an object or null"),
 ])
 def test_fewstep_json_fields_of_the_wrong_type_are_named(run_dir, change, words):
     edit_json(run_dir / "model" / "fewstep.json", change)
