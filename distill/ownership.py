@@ -104,6 +104,10 @@ def _protected(path: Path) -> str | None:
     return "your home directory" if resolved == home else None
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def _inside(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -148,8 +152,8 @@ def check_dir(path: str | Path, kind: str, sources: Iterable[str | Path] = ()) -
         return kind
     if found is not None:
         what = "a model directory" if found == MODEL else f"a fewstep {found} directory"
-        raise OwnershipError(f"{path} is {what}, not a {kind} directory; fewstep does not write a {kind} into it. "
-                             "Give another directory; nothing was changed.")
+        raise OwnershipError(f"{path} is {what}, not {_a(kind)} directory; fewstep does not write {_a(kind)} into "
+                             "it. Give another directory; nothing was changed.")
     try:
         entries = _entries(path)
     except OSError as error:
