@@ -63,20 +63,8 @@ def _stage(name: str, index: int, total: int, done: bool, where: Path) -> bool:
     return done
 
 
-def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Run (or reuse) every stage under `out`; print the results table; return the summary."""
-    from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench, summary_rows
-    from fewstep.distill.distill_run import run_distill
-    from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
-    from fewstep.distill.export import export_model
-    from fewstep.distill.train import train_teacher
-    from fewstep.distill.tune import Target, reference_row, tune
-    from fewstep.pipeline import format_table
-
-    start = time.perf_counter()
-    out = Path(out)
-    cfg = load_config(QuickstartConfig, "quickstart", overrides)
+def _prepare_out(out: Path, cfg: QuickstartConfig, fresh: bool) -> None:
+    """Own `out` as a quickstart directory (deleted first with `fresh`, only if it is one); save the settings."""
     check_dir(out, "quickstart")
     if fresh:  # only a quickstart's own directory is ever deleted
         remove_owned(out, "quickstart", STAGES)
@@ -87,6 +75,22 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
                        "before, pass --fresh to start over, or choose another --out")
     claim_dir(out, "quickstart")
     save_config(cfg, saved)
+
+
+def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Run (or reuse) every stage under `out`; print the results table; return the summary."""
+    start = time.perf_counter()
+    out = Path(out)
+    cfg = load_config(QuickstartConfig, "quickstart", overrides)
+    _prepare_out(out, cfg, fresh)  # refusals come first, before any stage is even imported
+    from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench, summary_rows
+    from fewstep.distill.distill_run import run_distill
+    from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
+    from fewstep.distill.export import export_model
+    from fewstep.distill.train import train_teacher
+    from fewstep.distill.tune import Target, reference_row, tune
+    from fewstep.pipeline import format_table
     total = 7
 
     teacher_dir = out / "teacher"
