@@ -28,7 +28,7 @@ from fewstep.distill.model_dir import load_model_dir
 from fewstep.distill.quality import markov_quality, unigram_entropy
 from fewstep.distill.train import train_teacher
 from fewstep.pipeline import format_table
-from fewstep.samplers.ancestral import ancestral_sample
+from fewstep.samplers.presets import sample_with_spec
 
 
 def machine() -> str:
@@ -43,8 +43,8 @@ def sampler_rows(loaded, data, steps: list[int], num_samples: int, repeats: int)
     for n in steps:
         times, out = [], None
         for r in range(repeats):
-            out = ancestral_sample(loaded.denoiser, num_samples, seq_len, n, data.mask_id, seed=r,
-                                   schedule=loaded.meta["noise_schedule"], device="cpu")
+            out = sample_with_spec("ancestral", loaded.denoiser, num_samples, seq_len, n, seed=r,
+                                   noise_schedule=loaded.meta["noise_schedule"], device="cpu")
             times.append(out.wall_time)
         row = {"steps": n, "nfe": out.nfe_per_sequence, "samples_per_s": num_samples / statistics.median(times),
                "tokens_per_s": num_samples * seq_len / statistics.median(times)}

@@ -36,7 +36,7 @@ from fewstep.distill.runtime import (
     resolve_precision,
 )
 from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
-from fewstep.samplers.ancestral import gumbel_argmax
+from fewstep.kernels.stats import draw_tokens
 
 __all__ = ["EvaluatorModelConfig", "EvaluatorRunConfig", "ARModule", "train_evaluator", "load_evaluator",
            "generative_nll", "ar_sample"]
@@ -230,7 +230,8 @@ def generative_nll(evaluator: Evaluator, tokens: torch.Tensor, batch_size: int =
 @torch.no_grad()
 def ar_sample(evaluator: Evaluator, num_samples: int, seq_len: int, seed: int = 0, batch_size: int | None = None,
               exclude: int | None = None) -> tuple[torch.Tensor, float]:
-    """Decode token by token with a KV cache and float64 Gumbel noise; returns (tokens, seconds)."""
+    """Decode token by token with a KV cache and the sampler's own draw (inverse CDF with a float64
+    uniform per token, `fewstep.kernels.stats.draw_tokens`); returns (tokens, seconds)."""
     model = evaluator.model
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -245,10 +246,8 @@ def ar_sample(evaluator: Evaluator, num_samples: int, seq_len: int, seed: int = 
             result = model(input_ids=token, cache=cache, use_cache=True) if cache is not None else \
                 model(input_ids=token, use_cache=True)
             cache = result.past_key_values if hasattr(result, "past_key_values") else result.cache
-            logits = result.logits[:, -1].double()
-            if exclude is not None:
-                logits[:, exclude] = -math.inf
-            token = gumbel_argmax(logits, generator).unsqueeze(1)
+            u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+            token = draw_tokens(result.logits[:, -1], u, mask_id=exclude).unsqueeze(1)
             out.append(token)
         chunks.append(torch.cat(out, dim=1))
     if device.type == "cuda":

@@ -49,7 +49,7 @@ def sample_records(model_dir: str, steps: int, num_samples: int, seq_len: int | 
                    temperature: float = 1.0, batch_size: int = 64, device: str | None = None) -> list[dict[str, Any]]:
     """Sample from a model directory; one dict per sequence with text, tokens and exact scores if known."""
     from fewstep.distill.model_dir import load_model_dir
-    from fewstep.samplers.ancestral import ancestral_sample
+    from fewstep.samplers.presets import sample_with_spec
 
     if steps < 1:
         raise RunError("--steps must be at least 1")
@@ -62,9 +62,9 @@ def sample_records(model_dir: str, steps: int, num_samples: int, seq_len: int | 
     max_len = getattr(loaded.denoiser.backbone.config, "max_position_embeddings", None)
     if max_len is not None and seq_len > max_len:
         raise RunError(f"--seq-len {seq_len} is longer than the model's {max_len} positions")
-    output = ancestral_sample(loaded.denoiser, num_samples, seq_len, steps, loaded.denoiser.mask_id,
-                              schedule=meta.get("noise_schedule", "loglinear"), seed=seed, batch_size=batch_size,
-                              temperature=temperature, device=device)
+    output = sample_with_spec("ancestral", loaded.denoiser, num_samples, seq_len, steps, seed=seed,
+                              noise_schedule=meta.get("noise_schedule", "loglinear"), temperature=temperature,
+                              batch_size=batch_size, device=device)
     chain = task_for(meta.get("data"))
     records = []
     for row in output.tokens:

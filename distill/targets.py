@@ -15,7 +15,7 @@ from torch import nn
 
 from fewstep.distill.diffusion import NoiseSchedule, subs_log_probs
 from fewstep.distill.noise import BatchNoise, NoiseSource, uniform
-from fewstep.samplers.ancestral import gumbel_argmax
+from fewstep.kernels.stats import draw_tokens
 
 __all__ = ["RevealFn", "ancestral_reveal", "sdtt_target", "student_times"]
 
@@ -52,7 +52,8 @@ def sdtt_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, dt: float,
                 temperature: float = 1.0) -> torch.Tensor:
     """Target log-probabilities [B, L, V] for the student at z_t; only positions masked in `z` matter.
 
-    The teacher runs k steps t -> t - dt -> ... -> t - k·dt. Sampled values use float64 Gumbel noise.
+    The teacher runs k steps t -> t - dt -> ... -> t - k·dt. Sampled values are the sampler's draw
+    (inverse CDF, a float64 uniform per position); targets are float32, never a float64 [B, L, V] copy.
     """
     if k < 1:
         raise ValueError("k (teacher steps per student step) must be at least 1")
@@ -61,7 +62,8 @@ def sdtt_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, dt: float,
     for j in range(k):
         t_j = (t - j * dt).clamp_min(0.0)
         s_j = (t - (j + 1) * dt).clamp_min(0.0)
-        log_probs = subs_log_probs(teacher(current, t_j).to(torch.float64), current, mask_id)
+        logits = teacher(current, t_j)
+        log_probs = subs_log_probs(logits.float(), current, mask_id)
         if target is None:
             target = log_probs.clone()
         masked = current == mask_id
@@ -71,6 +73,7 @@ def sdtt_target(teacher: nn.Module, z: torch.Tensor, t: torch.Tensor, dt: float,
         if j == k - 1:
             break
         chosen = reveal(masked, j, t_j, s_j, generator)
-        proposal = gumbel_argmax(log_probs, generator, temperature)
+        proposal = draw_tokens(logits, uniform(chosen.shape, generator, chosen.device), temperature, mask_id,
+                               rows=chosen)
         current = torch.where(chosen, proposal, current)
     return target

@@ -20,7 +20,6 @@ from torch import nn
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, sample_t
 from fewstep.distill.io import atomic_save
 from fewstep.distill.noise import NoiseSource
-from fewstep.samplers.ancestral import ancestral_sample
 
 __all__ = ["ensure_trajectories", "trajectory_loss"]
 
@@ -44,8 +43,10 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
         tokens = cached["tokens"]
     while len(tokens) < num:
         batch = min(batch_size, num - len(tokens))
-        out = ancestral_sample(teacher, batch, seq_len, steps, mask_id, schedule=schedule,
-                               seed=seed * 1_000_003 + len(tokens))
+        from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
+
+        out = sample_with_spec("ancestral", teacher, batch, seq_len, steps, seed=seed * 1_000_003 + len(tokens),
+                               noise_schedule=schedule)
         tokens = torch.cat([tokens, out.tokens])
         payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
         atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))

@@ -7,29 +7,19 @@ Statistics come back as float32; selection compares those float32 values, as the
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 
-__all__ = ["gumbel_from_uniform", "reference_step", "select_reveal", "seed_mode_noise"]
+from fewstep.kernels.select import select_positions
+
+__all__ = ["gumbel_from_uniform", "reference_step", "select_reveal"]
 
 
 def gumbel_from_uniform(uniforms: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise -log(-log(u)) in float64, for injecting into `denoise_step(noise=...)`."""
     u = uniforms.to(torch.float64).clamp_min(torch.finfo(torch.float64).tiny)
     return -torch.log(-torch.log(u))
-
-
-def seed_mode_noise(seed: int, offset: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Float64 Gumbel noise for (seed, offset) on the reference path.
-
-    The stream is torch's generator seeded from a hash of (seed, offset); it is not the Triton kernel's
-    Philox stream, so seed-mode samples agree between the two only in distribution.
-    """
-    digest = hashlib.sha256(f"fewstep-kernel:{seed}:{offset}".encode()).digest()
-    gen = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gumbel_from_uniform(torch.rand(shape, generator=gen, dtype=torch.float64, device=device))
 
 
 def select_reveal(scores: torch.Tensor, eligible: torch.Tensor, *, count: torch.Tensor | None = None,
@@ -41,22 +31,15 @@ def select_reveal(scores: torch.Tensor, eligible: torch.Tensor, *, count: torch.
     """
     scores = scores.to(torch.float32)
     scores = torch.where(scores == 0, torch.zeros_like(scores), scores)  # -0.0 ranks as +0.0
-    width = scores.shape[1]
     n_elig = eligible.sum(dim=1)
-    # Order: eligible first, then score descending, then position ascending (stable sort).
-    ranked = torch.where(eligible, scores, torch.full_like(scores, -math.inf))
-    order = torch.argsort(ranked, dim=1, descending=True, stable=True)
-    order = order.gather(1, torch.argsort((~eligible).gather(1, order).to(torch.int8), dim=1, stable=True))
-    positions = torch.arange(width, device=scores.device).expand_as(order)
-    ranks = torch.empty_like(order).scatter_(1, order, positions)
     if count is not None:
-        k = torch.minimum(count.to(n_elig.dtype).clamp_min(1), n_elig)
-        return eligible & (ranks < k.unsqueeze(1))
+        return select_positions(scores, eligible, torch.minimum(count.to(n_elig.dtype).clamp_min(1), n_elig))
+    best = select_positions(scores, eligible, torch.ones_like(n_elig))
     assert threshold is not None
     thr = torch.tensor(threshold, dtype=torch.float32)  # compared in float32, as the kernel does
     above = (scores > thr) if strict else (scores >= thr)
     chosen = eligible & above
-    fallback = eligible & (ranks == 0) & ~chosen.any(dim=1, keepdim=True)
+    fallback = best & ~chosen.any(dim=1, keepdim=True)
     return chosen | fallback
 
 

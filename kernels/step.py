@@ -13,9 +13,12 @@ from typing import NamedTuple
 
 import torch
 
-from fewstep.kernels.reference import reference_step, seed_mode_noise
+from fewstep.kernels import stats as _stats
+from fewstep.kernels.noise import LANE_TOKEN, counter_uniform, sequence_keys
+from fewstep.kernels.reference import reference_step, select_reveal
+from fewstep.kernels.stats import StepStats
 
-__all__ = ["StepResult", "denoise_step", "triton_available"]
+__all__ = ["StepResult", "denoise_step", "token_stats", "triton_available"]
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BACKENDS = ("auto", "torch", "triton")
@@ -70,12 +73,36 @@ def _denoise_step_op(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, t
     if _use_triton(logits.device, backend):
         from fewstep.kernels.triton_step import triton_step
 
+        keys = None
+        if noise is None:  # seed mode: the same per-sequence keys as the torch path
+            keys = sequence_keys(seed_tensor if seed_tensor is not None else seed,
+                                 torch.arange(tokens.shape[0], device=logits.device))
         return triton_step(logits, tokens, mask_id, temperature, seed_tensor if seed_tensor is not None else seed,
-                           offset, noise, count, rule_threshold, scores, strict)
-    if temperature > 0 and noise is None:
-        seed_value = int(seed_tensor.item()) if seed_tensor is not None else seed
-        noise = seed_mode_noise(seed_value, offset, tuple(logits.shape), logits.device)
-    return reference_step(logits, tokens, mask_id, temperature, noise, count, rule_threshold, scores, strict)
+                           offset, noise, count, rule_threshold, scores, strict, keys=keys)[:7]
+    if noise is not None:  # injected Gumbel noise: the float64 reference, the oracle of the tests
+        return reference_step(logits, tokens, mask_id, temperature, noise, count, rule_threshold, scores, strict)
+    return _torch_step(logits, tokens, mask_id, temperature, seed_tensor if seed_tensor is not None else seed,
+                       offset, count, rule_threshold, scores, strict)
+
+
+def _torch_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, temperature: float,
+                seed: int | torch.Tensor, offset: int, count: torch.Tensor | None, threshold: float | None,
+                scores: torch.Tensor | None, strict: bool) -> tuple[torch.Tensor, ...]:
+    """The step on the torch path: counter-based uniforms keyed by (seed, row, offset, position), the
+    chunked statistics, then the selection; nothing of size [B, L, V] beyond the logits."""
+    batch, length, _ = logits.shape
+    masked = tokens == mask_id
+    keys = sequence_keys(seed, torch.arange(batch, device=logits.device))
+    uniform = counter_uniform(keys, offset, torch.arange(length, device=logits.device), LANE_TOKEN)
+    stats = _stats.torch_token_stats(logits, masked, uniform, mask_id, temperature)
+    one = torch.ones_like(stats.sampled_prob)
+    prob = torch.where(masked, stats.sampled_prob, one)
+    margin = torch.where(masked, stats.margin, one)
+    entropy = torch.where(masked, stats.entropy, torch.zeros_like(one))
+    sampled = torch.where(masked, stats.proposal.to(tokens.dtype), tokens)
+    revealed = select_reveal(prob if scores is None else scores, masked, count=count, threshold=threshold,
+                             strict=strict)
+    return torch.where(revealed, sampled, tokens), sampled, prob, margin, entropy, revealed, revealed.sum(dim=1)
 
 
 @_denoise_step_op.register_fake
@@ -162,3 +189,27 @@ def denoise_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, *, te
                                          int(offset), noise, count, 0.0 if threshold is None else float(threshold),
                                          scores, strict, backend)
     return StepResult(*out)
+
+
+def token_stats(logits: torch.Tensor, rows: torch.Tensor, mask_id: int, *, temperature: float = 1.0,
+                keys: torch.Tensor, step: int | torch.Tensor, stats_at: str = "sample",
+                need_entropy: bool = True, backend: str = "auto") -> StepStats:
+    """The statistics a sampler's policies rank by, at positions `rows` [B, L] of logits [B, L, V].
+
+    One streaming pass on CUDA (Triton: Gumbel-argmax with Philox noise keyed by (keys[b], step,
+    position, token)); the chunked torch path elsewhere (inverse-CDF with `uniform` [B, L] float64, the
+    counter-based draw of (keys[b], step, position), lane LANE_TOKEN). Both draw exactly from softmax(logits / T) to
+    float64 accuracy and depend only on a sequence's own key, never on its batch; they are different
+    streams, so the two backends agree in distribution, not token for token. `stats_at`: "sample" gives
+    statistics of softmax(logits / T), "one" of softmax(logits) (T = 0: always softmax(logits)).
+    """
+    stats_temperature = temperature if (stats_at == "sample" and temperature > 0) else 1.0
+    same_temperature = temperature == 0 or stats_temperature == temperature
+    if same_temperature and _use_triton(logits.device, backend) and logits.dtype in _LOGIT_DTYPES:
+        from fewstep.kernels.triton_step import triton_stats
+
+        return triton_stats(logits, rows, mask_id, temperature, keys, step)
+    positions = torch.arange(logits.shape[1], device=logits.device)
+    uniform = counter_uniform(keys, step, positions, LANE_TOKEN) if temperature > 0 else None
+    return _stats.torch_token_stats(logits, rows, uniform, mask_id, temperature, stats_temperature,
+                             need_entropy=need_entropy)

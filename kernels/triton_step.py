@@ -25,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["triton_step", "num_splits"]
+from fewstep.kernels.stats import StepStats
+
+__all__ = ["num_splits", "triton_stats", "triton_step"]
 
 _N_PART = 7  # m, z, a, t1, t2, best_key, best_s
 _RULE_COUNT = 0
@@ -50,8 +52,8 @@ def _gumbel_from_bits(hi, lo):
 @triton.jit
 def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr, inv_t_val, part_ptr,
                 part_tok_ptr, L, V, mask_id, offset, stride_lb, stride_ll, stride_nrow, chunk,
-                SAMPLE: tl.constexpr, NOISE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, FP64: tl.constexpr,
-                SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+                SAMPLE: tl.constexpr, NOISE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, KEYED: tl.constexpr,
+                FP64: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     split = tl.program_id(1)
     tok = tl.load(tokens_ptr + row)
@@ -64,7 +66,9 @@ def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr
             inv_t = tl.load(inv_t_ptr)  # a float64 scalar argument would arrive rounded to float32
         else:
             inv_t = inv_t_val
-        if SEED_FROM_PTR:
+        if KEYED:  # one key per sequence: its noise never depends on its batch
+            seed = tl.load(seed_ptr + b)
+        elif SEED_FROM_PTR:
             seed = tl.load(seed_ptr)
         else:
             seed = seed_val
@@ -81,6 +85,7 @@ def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr
         best_key = tl.full((BLOCK,), neg_inf, dt)  # Gumbel-argmax: key, index, s at the index
         best_tok = start + lane
         best_s = tl.full((BLOCK,), neg_inf, dt)
+        t1_tok = start + lane  # the index of each lane's top-1 value
         for off in range(start, end, BLOCK):
             idx = off + lane
             valid = idx < end
@@ -92,7 +97,10 @@ def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr
                     g = tl.load(noise_ptr + row.to(tl.int64) * stride_nrow + idx, mask=valid, other=0.0).to(dt)
                 else:
                     zero = tl.zeros_like(idx)
-                    hi, lo, _, _ = tl.philox(seed, idx, zero + row, zero + offset, zero)
+                    if KEYED:
+                        hi, lo, _, _ = tl.philox(seed, idx, zero + pos, zero + offset, zero)
+                    else:
+                        hi, lo, _, _ = tl.philox(seed, idx, zero + row, zero + offset, zero)
                     g = _gumbel_from_bits(hi, lo).to(dt)
                 key = tl.where(s == neg_inf, neg_inf, s + g)
             else:
@@ -102,6 +110,7 @@ def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr
             best_tok = tl.where(better, idx, best_tok)
             best_s = tl.where(better, s, best_s)
             t2 = tl.maximum(t2, tl.minimum(t1, s))
+            t1_tok = tl.where(s > t1, idx, t1_tok)
             t1 = tl.maximum(t1, s)
             # Online softmax with one exp per element: exp(-|s - m|) rescales whichever side is smaller.
             finite = s > neg_inf
@@ -123,6 +132,7 @@ def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr
         top1 = tl.max(t1, axis=0)
         first = tl.min(tl.where(t1 == top1, lane, BLOCK), axis=0)
         top2 = tl.maximum(tl.max(t2, axis=0), tl.max(tl.where(lane == first, neg_inf, t1), axis=0))
+        arg_tok = tl.min(tl.where(t1 == top1, t1_tok, 2147483647), axis=0)
         kmax = tl.max(best_key, axis=0)
         win_tok = tl.min(tl.where(best_key == kmax, best_tok, 2147483647), axis=0)
         win_s = tl.max(tl.where(best_tok == win_tok, best_s, neg_inf), axis=0)
@@ -134,13 +144,14 @@ def _row_kernel(logits_ptr, tokens_ptr, noise_ptr, seed_ptr, seed_val, inv_t_ptr
         tl.store(part_ptr + base + 4, top2)
         tl.store(part_ptr + base + 5, kmax)
         tl.store(part_ptr + base + 6, win_s)
-        tl.store(part_tok_ptr + row.to(tl.int64) * SPLITS + split, win_tok)
+        tl.store(part_tok_ptr + (row.to(tl.int64) * SPLITS + split) * 2, win_tok)
+        tl.store(part_tok_ptr + (row.to(tl.int64) * SPLITS + split) * 2 + 1, arg_tok)
 
 
 @triton.jit
 def _select_kernel(tokens_ptr, part_ptr, part_tok_ptr, count_ptr, scores_ptr,
                    out_tokens_ptr, out_sampled_ptr, out_prob_ptr, out_margin_ptr, out_entropy_ptr,
-                   out_revealed_ptr, out_num_ptr, L, mask_id, threshold,
+                   out_revealed_ptr, out_num_ptr, out_top1_ptr, out_argmax_ptr, L, mask_id, threshold,
                    RULE: tl.constexpr, STRICT: tl.constexpr, HAS_SCORES: tl.constexpr, FP64: tl.constexpr,
                    SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_L: tl.constexpr):
     b = tl.program_id(0)
@@ -163,7 +174,8 @@ def _select_kernel(tokens_ptr, part_ptr, part_tok_ptr, count_ptr, scores_ptr,
     pt2 = tl.load(part_ptr + base + 4, mask=pmask, other=neg_inf).to(dt)
     pkey = tl.load(part_ptr + base + 5, mask=pmask, other=neg_inf).to(dt)
     ps = tl.load(part_ptr + base + 6, mask=pmask, other=neg_inf).to(dt)
-    ptok = tl.load(part_tok_ptr + rows[:, None] * SPLITS + sp[None, :], mask=pmask, other=0)
+    ptok = tl.load(part_tok_ptr + (rows[:, None] * SPLITS + sp[None, :]) * 2, mask=pmask, other=0)
+    parg = tl.load(part_tok_ptr + (rows[:, None] * SPLITS + sp[None, :]) * 2 + 1, mask=pmask, other=2147483647)
     live = pz > 0
     big_m = tl.max(tl.where(live, pm, neg_inf), axis=1)
     big_m = tl.where(big_m == neg_inf, 0.0, big_m)
@@ -174,6 +186,7 @@ def _select_kernel(tokens_ptr, part_ptr, part_tok_ptr, count_ptr, scores_ptr,
     top1 = tl.max(pt1, axis=1)
     first1 = tl.min(tl.where(pt1 == top1[:, None], sp[None, :], SPLITS_P2), axis=1)
     top2 = tl.maximum(tl.max(pt2, axis=1), tl.max(tl.where(sp[None, :] == first1[:, None], neg_inf, pt1), axis=1))
+    argmax = tl.min(tl.where(pt1 == top1[:, None], parg, 2147483647), axis=1)
     kmax = tl.max(pkey, axis=1)
     win = tl.min(tl.where(pkey == kmax[:, None], sp[None, :], SPLITS_P2), axis=1)
     pick = sp[None, :] == win[:, None]
@@ -183,6 +196,8 @@ def _select_kernel(tokens_ptr, part_ptr, part_tok_ptr, count_ptr, scores_ptr,
     prob = tl.where(masked, tl.exp(s_tok - big_m) / z_safe, 1.0).to(tl.float32)
     margin = tl.where(masked, (tl.exp(top1 - big_m) - tl.exp(top2 - big_m)) / z_safe, 1.0).to(tl.float32)
     entropy = tl.where(masked, tl.log(z_safe) - a / z_safe, 0.0).to(tl.float32)
+    top1_prob = tl.where(masked, tl.exp(top1 - big_m) / z_safe, 1.0).to(tl.float32)
+    argmax = tl.where(masked, argmax.to(tok.dtype), tok)
     sampled = tl.where(masked, sampled.to(tok.dtype), tok)
 
     # Selection scores: float32, -0.0 folded into +0.0 so that ranks match torch's comparisons.
@@ -225,6 +240,8 @@ def _select_kernel(tokens_ptr, part_ptr, part_tok_ptr, count_ptr, scores_ptr,
     tl.store(out_entropy_ptr + rows, entropy, mask=in_row)
     tl.store(out_revealed_ptr + rows, chosen, mask=in_row)
     tl.store(out_num_ptr + b, tl.sum(chosen.to(tl.int64), axis=0))
+    tl.store(out_top1_ptr + rows, top1_prob, mask=in_row)
+    tl.store(out_argmax_ptr + rows, argmax, mask=in_row)
 
 
 @functools.cache
@@ -247,8 +264,11 @@ def num_splits(rows: int, vocab: int, device: torch.device, block: int) -> int:
 def triton_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, temperature: float,
                 seed: int | torch.Tensor, offset: int, noise: torch.Tensor | None, count: torch.Tensor | None,
                 threshold: float | None, scores: torch.Tensor | None, strict: bool,
-                splits: int | None = None, block: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Launch the two kernels; inputs are validated by `fewstep.kernels.step`. Same outputs as the reference."""
+                splits: int | None = None, block: int | None = None,
+                keys: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Launch the two kernels; inputs are validated by `fewstep.kernels.step`. The reference's seven outputs
+    plus the top-1 probability and the argmax. `keys` [B] int64: seed-mode noise keyed per sequence
+    (by (keys[b], offset, position, token)) instead of by (seed, offset, row, token)."""
     batch, length, vocab = logits.shape
     rows = batch * length
     device = logits.device
@@ -265,9 +285,11 @@ def triton_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, temper
     tokens_c = tokens.contiguous()
     inv_t_val = 1.0 / temperature if sample else 1.0
     inv_t = torch.full((1,), inv_t_val, dtype=dt, device=device) if fp64 else None
-    seed_from_ptr = isinstance(seed, torch.Tensor)
+    seed_from_ptr = isinstance(seed, torch.Tensor) or keys is not None
+    if keys is not None:
+        seed = keys.to(torch.int64).contiguous()
     part = torch.empty((rows, splits, _N_PART), dtype=dt, device=device)
-    part_tok = torch.empty((rows, splits), dtype=torch.int32, device=device)
+    part_tok = torch.empty((rows, splits, 2), dtype=torch.int32, device=device)
     noise_mode = 0 if not sample else (1 if noise is not None else 2)
     noise_arg = noise if noise is not None else part
     stride_nrow = vocab if noise is not None else 0
@@ -275,7 +297,8 @@ def triton_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, temper
         logits, tokens_c, noise_arg, seed if seed_from_ptr else part_tok, 0 if seed_from_ptr else seed,
         inv_t if fp64 else part, inv_t_val, part, part_tok,
         length, vocab, mask_id, offset, logits.stride(0), logits.stride(1), stride_nrow, chunk,
-        SAMPLE=sample, NOISE=noise_mode, SEED_FROM_PTR=seed_from_ptr, FP64=fp64, SPLITS=splits, BLOCK=block,
+        SAMPLE=sample, NOISE=noise_mode, SEED_FROM_PTR=seed_from_ptr, KEYED=keys is not None, FP64=fp64,
+        SPLITS=splits, BLOCK=block,
         num_warps=8 if block >= 2048 else 4,
     )
     out_tokens = torch.empty_like(tokens_c)
@@ -285,15 +308,34 @@ def triton_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, temper
     out_entropy = torch.empty_like(out_prob)
     out_revealed = torch.empty((batch, length), dtype=torch.bool, device=device)
     out_num = torch.empty((batch,), dtype=torch.int64, device=device)
+    out_top1 = torch.empty_like(out_prob)
+    out_argmax = torch.empty_like(tokens_c)
     rule = _RULE_COUNT if count is not None else _RULE_THRESHOLD
     block_l = triton.next_power_of_2(length)
     _select_kernel[(batch,)](
         tokens_c, part, part_tok, count if count is not None else out_num,
         scores.contiguous() if scores is not None else out_prob,
-        out_tokens, out_sampled, out_prob, out_margin, out_entropy, out_revealed, out_num,
+        out_tokens, out_sampled, out_prob, out_margin, out_entropy, out_revealed, out_num, out_top1, out_argmax,
         length, mask_id, float(threshold) if threshold is not None else 0.0,
         RULE=rule, STRICT=strict, HAS_SCORES=scores is not None, FP64=fp64,
         SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits), BLOCK_L=block_l,
         num_warps=4 if block_l * splits <= 4096 else 8,
     )
-    return (out_tokens, out_sampled, out_prob, out_margin, out_entropy, out_revealed, out_num)
+    return (out_tokens, out_sampled, out_prob, out_margin, out_entropy, out_revealed, out_num, out_top1,
+            out_argmax)
+
+
+def triton_stats(logits: torch.Tensor, rows: torch.Tensor, mask_id: int, temperature: float,
+                 keys: torch.Tensor, step: int) -> StepStats:
+    """The sampler's statistics at `rows` [B, L] from the Triton kernels (statistics at T; T = 0: at 1).
+
+    Rows not asked for are handed to the kernel as already revealed, so it reads nothing of them."""
+    vocab = logits.shape[-1]
+    tokens = torch.where(rows, mask_id, (mask_id + 1) % vocab).to(torch.int64)
+    count = torch.zeros(rows.shape[0], dtype=torch.int64, device=logits.device)
+    out = triton_step(logits, tokens, mask_id, temperature, 0, int(step), None, count, None, None, False,
+                      keys=keys)
+    _, sampled, prob, margin, entropy, _, _, top1, argmax = out
+    empty = torch.full_like(tokens, mask_id)
+    return StepStats(proposal=torch.where(rows, sampled, empty), argmax=torch.where(rows, argmax, empty),
+                     confidence=top1, sampled_prob=prob, margin=margin, entropy=entropy)

@@ -4,11 +4,11 @@
     out = sampler.generate(model, num_samples=8, seq_len=128, steps=16, seed=0)
     out.tokens, out.nfe_per_sequence, out.tokens_per_forward, out.wall_time
 
-`build_sampler` makes one by name (presets ancestral, dilated, llada, dream, fast-dllm, eb, learned); learned
+Every step runs through `fewstep.kernels.token_stats`; MDLM's ancestral sampler is the preset
+`ancestral` (random order, MDLM's per-token reveal counts). `build_sampler` makes one by name (presets ancestral, dilated, llada, dream, fast-dllm, eb, learned); learned
 allocations and policy heads live in a model directory's `scheduler_config.json`.
 """
 
-from fewstep.samplers.ancestral import SampleOutput, ancestral_sample, gumbel_argmax
 from fewstep.samplers.policies import (
     POLICY_NAMES,
     DilatedPolicy,
@@ -22,28 +22,31 @@ from fewstep.samplers.policies import (
 )
 from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead
 from fewstep.samplers.presets import PRESETS, build_sampler
-from fewstep.samplers.sampler import Sampler, StepRecord
+from fewstep.samplers.sampler import SampleOutput, Sampler, StepRecord
 from fewstep.samplers.scheduler_config import load_learned, save_scheduler_config
 from fewstep.samplers.schedules import (
     SCHEDULE_NAMES,
     AllocationSchedule,
+    CapSchedule,
+    DreamSchedule,
+    EvenSchedule,
     GeometricSchedule,
     NoiseCurveSchedule,
     Schedule,
     make_step_schedule,
 )
-from fewstep.samplers.step import StepStats, select_positions, token_stats
 
 __all__ = [
     "SampleOutput",
-    "ancestral_sample",
-    "gumbel_argmax",
     "Sampler",
     "StepRecord",
     "Schedule",
     "NoiseCurveSchedule",
     "GeometricSchedule",
     "AllocationSchedule",
+    "EvenSchedule",
+    "DreamSchedule",
+    "CapSchedule",
     "make_step_schedule",
     "SCHEDULE_NAMES",
     "Policy",
@@ -61,7 +64,4 @@ __all__ = [
     "build_sampler",
     "load_learned",
     "save_scheduler_config",
-    "StepStats",
-    "token_stats",
-    "select_positions",
 ]

@@ -45,9 +45,13 @@ def imitation_data(
     max_examples: int = 200_000,
     temperature: float = 1.0,
 ) -> ImitationData:
-    """Roll the reference sampler out and label every masked position at every step."""
+    """Roll the reference sampler out and label every masked position at every step.
+
+    The rollouts rank by the predictive distribution (`confidence` is the top-1 probability here, not the
+    drawn token's), so that one token per step is exact sampling and the labels are unbiased."""
     vocab_size = vocab_size or int(model.vocab_size)
-    sampler = Sampler(NoiseCurveSchedule("loglinear"), TopKPolicy(rollout_policy), temperature=temperature)
+    sampler = Sampler(NoiseCurveSchedule("loglinear"), TopKPolicy(rollout_policy, confidence="top1"),
+                      temperature=temperature)
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def record(step: StepRecord) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from fewstep.distill.runtime import RunError
-from fewstep.samplers.step import StepStats
+from fewstep.kernels import StepStats
 
 __all__ = [
     "StepContext",
@@ -26,10 +26,12 @@ __all__ = [
     "ThresholdPolicy",
     "EntropyBoundedPolicy",
     "POLICY_NAMES",
+    "CONFIDENCES",
+    "confidence_of",
     "make_policy",
 ]
 
-POLICY_NAMES = ("random", "dilated", "confidence", "margin", "entropy", "threshold", "eb", "learned")
+POLICY_NAMES = ("random", "dilated", "confidence", "top1", "margin", "entropy", "threshold", "eb", "learned")
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Policy:
     name = "base"
     at_least_one = False
     adaptive = False  # whether `wanted` may reveal tokens the schedule did not ask for
+    uses_stats = True  # whether the ranking reads the predictions (else `scores` gets stats=None)
+    needs_entropy = False  # whether the ranking reads the entropy (it costs a pass over the logits)
     fallback: Policy | None = None
 
     def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
@@ -67,8 +71,9 @@ class RandomPolicy(Policy):
     """MDLM ancestral: a uniformly random order, independent of the predictions."""
 
     name = "random"
+    uses_stats = False
 
-    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+    def scores(self, stats: StepStats | None, ctx: StepContext) -> torch.Tensor:
         return -ctx.uniform
 
 
@@ -95,30 +100,49 @@ class DilatedPolicy(Policy):
     """
 
     name = "dilated"
+    uses_stats = False
 
-    def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
+    def scores(self, stats: StepStats | None, ctx: StepContext) -> torch.Tensor:
         order = dilation_order(ctx.eligible.shape[1], ctx.eligible.device)
         return (-order.to(torch.float64)).expand(ctx.eligible.shape)
 
 
 _STAT_SCORES = {
-    "confidence": lambda s: s.confidence,
+    "confidence": lambda s: s.sampled_prob,  # LLaDA, Fast-dLLM, Dream: the sampled token's probability
+    "top1": lambda s: s.confidence,  # the most likely token's probability (equal at T = 0)
     "margin": lambda s: s.margin,
     "entropy": lambda s: -s.entropy,
 }
+CONFIDENCES = ("sampled", "top1")
+
+
+def confidence_of(stats: StepStats, confidence: str) -> torch.Tensor:
+    """A position's confidence: the probability of its sampled token ("sampled", as LLaDA, Fast-dLLM
+    and Dream rank) or of its most likely token ("top1")."""
+    return stats.sampled_prob if confidence == "sampled" else stats.confidence
+
+
+def _check_confidence(confidence: str) -> str:
+    if confidence not in CONFIDENCES:
+        raise RunError(f"unknown confidence {confidence!r}; choose one of {', '.join(CONFIDENCES)}")
+    return confidence
 
 
 class TopKPolicy(Policy):
-    """LLaDA / Dream: the most certain tokens first, by top-1 probability, top-2 margin or low entropy."""
+    """LLaDA / Dream: the most certain tokens first, by confidence, top-2 margin or low entropy."""
 
-    def __init__(self, by: str = "confidence") -> None:
+    def __init__(self, by: str = "confidence", confidence: str = "sampled") -> None:
         if by not in _STAT_SCORES:
             raise RunError(f"unknown top-k statistic {by!r}; choose one of {', '.join(_STAT_SCORES)}")
-        self.by = by
+        self.by = by if by != "confidence" or _check_confidence(confidence) == "sampled" else "top1"
         self.name = by
+        self.needs_entropy = by == "entropy"
 
     def scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
         return _STAT_SCORES[self.by](stats)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, **({"confidence": "top1"} if self.by == "top1" and self.name != "top1" else {})}
 
 
 class AcceptingPolicy(Policy):
@@ -129,6 +153,11 @@ class AcceptingPolicy(Policy):
 
     at_least_one = True
     adaptive = True
+    own_entropy = False  # whether its own scores read the entropy
+
+    @property
+    def needs_entropy(self) -> bool:  # type: ignore[override]
+        return self.own_entropy or (self.fallback is not None and self.fallback.needs_entropy)
 
     def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
@@ -158,26 +187,29 @@ class ThresholdPolicy(AcceptingPolicy):
 
     name = "threshold"
 
-    def __init__(self, threshold: float = 0.9, fallback: Policy | None = None) -> None:
+    def __init__(self, threshold: float = 0.9, fallback: Policy | None = None, confidence: str = "sampled") -> None:
         if not 0.0 < threshold <= 1.0:
             raise RunError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
         self.fallback = fallback
+        self.confidence = _check_confidence(confidence)
 
     def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
-        return stats.confidence
+        return confidence_of(stats, self.confidence)
 
     def accepted(self, stats: StepStats, ctx: StepContext, scores: torch.Tensor) -> torch.Tensor:
-        return stats.confidence >= self.threshold
+        return confidence_of(stats, self.confidence) >= self.threshold
 
     def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "threshold": self.threshold, **self.fallback_config()}
+        extra = {"confidence": self.confidence} if self.confidence != "sampled" else {}
+        return {"name": self.name, "threshold": self.threshold, **extra, **self.fallback_config()}
 
 
 class EntropyBoundedPolicy(AcceptingPolicy):
     """EB-sampler: reveal the lowest-entropy tokens while their summed entropy minus the largest <= gamma."""
 
     name = "eb"
+    own_entropy = True
 
     def __init__(self, gamma: float = 0.1, fallback: Policy | None = None) -> None:
         if gamma < 0:
@@ -200,10 +232,12 @@ class EntropyBoundedPolicy(AcceptingPolicy):
         return {"name": self.name, "gamma": self.gamma, **self.fallback_config()}
 
 
-def make_policy(name: str, threshold: float = 0.9, gamma: float = 0.1, fallback: str | None = None) -> Policy:
+def make_policy(name: str, threshold: float = 0.9, gamma: float = 0.1, fallback: str | None = None,
+                confidence: str = "sampled") -> Policy:
     """A heuristic policy by name (`learned` is loaded from a model directory instead).
 
     `fallback` (threshold, eb): the order in which the schedule's remaining count is filled.
+    `confidence` (confidence, threshold): the sampled token's probability, or the top-1 probability.
     """
     if fallback is not None and name not in ("threshold", "eb"):
         raise RunError(f"a fallback order applies to the threshold and eb policies, not {name!r}")
@@ -213,9 +247,9 @@ def make_policy(name: str, threshold: float = 0.9, gamma: float = 0.1, fallback:
     if name == "dilated":
         return DilatedPolicy()
     if name in _STAT_SCORES:
-        return TopKPolicy(name)
+        return TopKPolicy(name, confidence=confidence)
     if name == "threshold":
-        return ThresholdPolicy(threshold, back)
+        return ThresholdPolicy(threshold, back, confidence=confidence)
     if name == "eb":
         return EntropyBoundedPolicy(gamma, back)
     raise RunError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fewstep.kernels import StepStats
 from fewstep.samplers.policies import AcceptingPolicy, Policy, StepContext
-from fewstep.samplers.step import StepStats
 
 __all__ = ["FEATURES", "PolicyHead", "LearnedPolicy", "token_features", "save_head", "load_head"]
 
@@ -66,6 +66,7 @@ class LearnedPolicy(AcceptingPolicy):
     """
 
     name = "learned"
+    own_entropy = True  # a feature
 
     def __init__(
         self, head: PolicyHead, vocab_size: int, threshold: float = 0.9, fallback: Policy | None = None

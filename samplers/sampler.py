@@ -3,9 +3,11 @@
 `Sampler(schedule, policy, block_size).generate(model, num_samples, seq_len, steps, prompt, seed)`
 returns the tokens and what they cost (`SampleOutput`: NFE, tokens per forward, wall time). Prompts
 fix positions (a prefix, or a template whose mask tokens are infilled); semi-autoregressive blocks
-are filled left to right with the step budget split evenly; a step whose input did not change
-reuses the last output. Every sequence draws its noise from its own stream (`SequenceNoise`), so
-its tokens do not depend on what else is in the batch.
+start where the prompt ends and share the step budget; a step whose input did not change reuses the
+last output. Every step runs through the kernels' statistics (`fewstep.kernels.token_stats`: Triton
+on CUDA, a chunked torch path elsewhere), and every random number is counter-based, a pure function
+of (seed, sequence index, step, position), so a sequence's tokens do not depend on its batch.
+MDLM's ancestral sampler is `Sampler(make_step_schedule("ancestral"), make_policy("random"))`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,35 @@ import torch
 from torch import nn
 
 from fewstep.distill.runtime import RunError
-from fewstep.samplers.ancestral import SampleOutput
-from fewstep.samplers.noise import SequenceNoise
+from fewstep.kernels import LANE_ORDER, StepStats, counter_uniform, select_positions, sequence_keys
+from fewstep.kernels import step as kernel_step
 from fewstep.samplers.policies import Policy, StepContext
 from fewstep.samplers.schedules import Schedule
-from fewstep.samplers.step import StepStats, select_positions, token_stats
 
-__all__ = ["Sampler", "StepRecord", "prepare_prompt", "block_plan"]
+__all__ = ["SampleOutput", "Sampler", "StepRecord", "prepare_prompt", "block_plan", "STATS_AT", "TIEBREAKS"]
+
+STATS_AT = ("sample", "one")  # statistics of softmax(logits / T) (Dream), or of softmax(logits) (LLaDA)
+TIEBREAKS = ("random", "first")  # exact ties in a ranking: a random order, or the lowest position
+
+
+@dataclass
+class SampleOutput:
+    """Tokens [num_samples, seq_len] and what producing them cost."""
+
+    tokens: torch.Tensor
+    steps: int
+    nfe: int  # denoiser forward passes (per batch, summed over batches)
+    wall_time: float  # seconds
+    num_batches: int
+
+    @property
+    def nfe_per_sequence(self) -> float:
+        """Forward passes each sequence went through (batches run one after another)."""
+        return self.nfe / self.num_batches
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens.shape[1] / max(self.nfe_per_sequence, 1e-9)
 
 
 @dataclass
@@ -72,10 +96,11 @@ def prepare_prompt(
     return start
 
 
-def block_plan(seq_len: int, steps: int, block_size: int | None) -> list[tuple[int, int, int]]:
-    """(start, end, steps) per block, left to right; the budget split evenly (extra steps to the first)."""
-    size = block_size or seq_len
-    bounds = [(s, min(s + size, seq_len)) for s in range(0, seq_len, size)]
+def block_plan(seq_len: int, steps: int, block_size: int | None, start: int = 0) -> list[tuple[int, int, int]]:
+    """(start, end, steps) per block, left to right from `start` (where the prompt ends), as LLaDA lays
+    them out; the budget is split evenly over the blocks (extra steps to the first)."""
+    size = block_size or (seq_len - start) or 1
+    bounds = [(s, min(s + size, seq_len)) for s in range(start, seq_len, size)] or [(start, seq_len)]
     if steps < len(bounds):
         raise RunError(
             f"{steps} steps cannot fill {len(bounds)} blocks of {size} tokens; give at least "
@@ -86,19 +111,39 @@ def block_plan(seq_len: int, steps: int, block_size: int | None) -> list[tuple[i
 
 
 class Sampler:
-    """A schedule and a policy, run as one denoising loop."""
+    """A schedule and a policy, run as one denoising loop.
+
+    `stats_at`: the statistics policies rank by describe softmax(logits / T) ("sample", Dream's
+    convention) or softmax(logits) ("one", LLaDA's and Fast-dLLM's); at T = 0 both are T = 1.
+    `tiebreak`: exact ties in a ranking go to a random order ("random") or the lowest position
+    ("first", as the references' `torch.topk` does on ties in practice).
+    """
 
     def __init__(
-        self, schedule: Schedule, policy: Policy, block_size: int | None = None, temperature: float = 1.0
+        self,
+        schedule: Schedule,
+        policy: Policy,
+        block_size: int | None = None,
+        temperature: float = 1.0,
+        stats_at: str = "sample",
+        tiebreak: str = "random",
+        backend: str = "auto",
     ) -> None:
         if block_size is not None and block_size < 1:
             raise RunError(f"block size must be at least 1, got {block_size}")
-        if temperature < 0:
-            raise RunError(f"temperature must be >= 0, got {temperature}")
+        if not (temperature >= 0 and temperature < float("inf")):
+            raise RunError(f"temperature must be a finite number >= 0, got {temperature}")
+        if stats_at not in STATS_AT:
+            raise RunError(f"stats_at must be one of {', '.join(STATS_AT)}, got {stats_at!r}")
+        if tiebreak not in TIEBREAKS:
+            raise RunError(f"tiebreak must be one of {', '.join(TIEBREAKS)}, got {tiebreak!r}")
         self.schedule = schedule
         self.policy = policy
         self.block_size = block_size
-        self.temperature = temperature
+        self.temperature = float(temperature)
+        self.stats_at = stats_at
+        self.tiebreak = tiebreak
+        self.backend = backend
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -106,6 +151,8 @@ class Sampler:
             "policy": self.policy.to_config(),
             "block_size": self.block_size,
             "temperature": self.temperature,
+            "stats_at": self.stats_at,
+            "tiebreak": self.tiebreak,
         }
 
     @torch.no_grad()
@@ -131,7 +178,6 @@ class Sampler:
         if mask_id is None:
             raise RunError("the model has no mask_id; pass mask_id=")
         self.schedule.check_steps(steps)
-        plan = block_plan(seq_len, steps, self.block_size)
         if device is None:
             params = list(model.parameters())
             device = params[0].device if params else torch.device("cpu")
@@ -139,6 +185,9 @@ class Sampler:
         start_tokens = prepare_prompt(
             prompt, num_samples, seq_len, mask_id, getattr(model, "vocab_size", None)
         )
+        masked_any = (start_tokens == mask_id).any(dim=0)
+        first_masked = int(masked_any.nonzero()[0]) if bool(masked_any.any()) else seq_len
+        plan = block_plan(seq_len, steps, self.block_size, start=min(first_masked, seq_len - 1))
         batch_size = batch_size or num_samples
         was_training = model.training
         model.eval()
@@ -147,8 +196,8 @@ class Sampler:
         try:
             for first in range(0, num_samples, batch_size):
                 z = start_tokens[first : first + batch_size].to(device)
-                noise = SequenceNoise(seed, range(first, first + len(z)), device)
-                tokens, used = self._run_batch(model, z, plan, mask_id, noise, first, on_step)
+                keys = sequence_keys(seed, torch.arange(first, first + len(z), device=device))
+                tokens, used = self._run_batch(model, z, plan, mask_id, keys, first, on_step)
                 chunks.append(tokens)
                 nfe += used
         finally:
@@ -163,61 +212,69 @@ class Sampler:
             num_batches=len(chunks),
         )
 
+    def _stats(self, logits: torch.Tensor, rows: torch.Tensor, start: int, end: int, keys: torch.Tensor,
+               step: int, mask_id: int, every: bool) -> StepStats:
+        """The kernels' statistics at `rows` [batch, width] of the block [start, end); the entropy only
+        where the policy reads it, or `every` statistic (a hook sees them)."""
+        batch, seq_len = logits.shape[:2]
+        full_rows = torch.zeros(batch, seq_len, dtype=torch.bool, device=logits.device)
+        full_rows[:, start:end] = rows
+        stats = kernel_step.token_stats(
+            logits, full_rows, mask_id, temperature=self.temperature, keys=keys, step=step,
+            stats_at=self.stats_at, need_entropy=every or self.policy.needs_entropy, backend=self.backend,
+        )
+        return StepStats(*(getattr(stats, f)[:, start:end] for f in StepStats.__dataclass_fields__))
+
     def _run_batch(
         self,
         model: nn.Module,
         z: torch.Tensor,
         plan: list[tuple[int, int, int]],
         mask_id: int,
-        noise: SequenceNoise,
+        keys: torch.Tensor,
         offset: int,
         on_step: Callable[[StepRecord], None] | None,
     ) -> tuple[torch.Tensor, int]:
         batch, seq_len = z.shape
         reuse = not getattr(model, "time_conditioning", False)
-        logits, previous = None, None
-        nfe = 0
+        hooked = on_step is not None
+        logits, previous = None, torch.full_like(z, -1)
+        nfe, step_index = 0, 0
         for start, end, block_steps in plan:
             width = end - start
             initial = (z[:, start:end] == mask_id).sum(dim=1)
             block_position = torch.arange(width, device=z.device, dtype=torch.float64) / max(width - 1, 1)
+            positions = torch.arange(start, end, device=z.device)
             for step in range(block_steps):
+                step_index += 1  # the noise of global step `step_index - 1`
                 masked = z == mask_id
-                if not bool(masked.any()):
-                    return z, nfe  # everything revealed: the remaining steps would change nothing
                 eligible = masked[:, start:end]
-                current = False  # whether `logits` come from this step's input
-                vocab = getattr(model, "vocab_size", None)
-                if vocab is None:  # known only from a forward pass
-                    if logits is None:
-                        logits, nfe, current = self._forward(model, z, masked), nfe + 1, True
-                    vocab = logits.shape[-1]
-                # every sequence draws its noise at every step, so its stream never depends on the batch
-                uniforms = noise.uniform(width, vocab + 1)
                 if not bool(eligible.any()):
+                    if not bool(masked.any()):
+                        return z, nfe  # everything revealed: the remaining steps would change nothing
                     continue
-                counts = self.schedule.counts(step, block_steps, initial, eligible, uniforms[..., vocab])
+                order = counter_uniform(keys, step_index - 1, positions, LANE_ORDER)
+                counts = self.schedule.counts(step, block_steps, initial, eligible, order)
                 if not self.policy.adaptive and not bool(counts.any()):
                     continue  # nothing to reveal: no forward pass, no statistics (the tokens are the same)
-                if not current and (logits is None or not reuse):
+                if logits is None or not reuse:
                     logits, nfe = self._forward(model, z, masked), nfe + 1
-                block_logits = logits[:, start:end]
-                stats = token_stats(block_logits, uniforms[..., :vocab], self.temperature)
-                changed = (
-                    (previous[:, start:end] != stats.argmax)
-                    if previous is not None
-                    else torch.zeros_like(eligible)
-                )
-                previous = logits.argmax(dim=-1)
                 ctx = StepContext(
                     eligible=eligible,
-                    uniform=uniforms[..., vocab],
-                    changed=changed,
+                    uniform=order,
+                    changed=torch.zeros_like(eligible),
                     block_position=block_position,
                     progress=step / block_steps,
                     mask_ratio=masked.double().mean(dim=1),
                 )
-                reveal = self._choose(stats, ctx, counts)
+                if self.policy.uses_stats:
+                    stats = self._stats(logits, eligible, start, end, keys, step_index - 1, mask_id, hooked)
+                    ctx.changed = eligible & (previous[:, start:end] != stats.argmax) & (previous[:, start:end] >= 0)
+                    previous[:, start:end] = torch.where(eligible, stats.argmax, previous[:, start:end])
+                    reveal = self._choose(stats, ctx, counts)
+                else:  # the order ignores the predictions: draw tokens only where they are revealed
+                    reveal = self._choose(None, ctx, counts)
+                    stats = self._stats(logits, reveal, start, end, keys, step_index - 1, mask_id, hooked)
                 if on_step is not None:
                     on_step(StepRecord(batch_offset=offset, start=start, stats=stats, ctx=ctx, reveal=reveal))
                 if bool(reveal.any()):
@@ -228,10 +285,11 @@ class Sampler:
 
     @staticmethod
     def _forward(model: nn.Module, z: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The denoiser's logits; its time is the masked fraction of each sequence (one definition)."""
         t = masked.double().mean(dim=1).to(torch.float32)
         return model(z, t)
 
-    def _choose(self, stats: StepStats, ctx: StepContext, counts: torch.Tensor) -> torch.Tensor:
+    def _choose(self, stats: StepStats | None, ctx: StepContext, counts: torch.Tensor) -> torch.Tensor:
         """The max(schedule `counts`, the policy's wish, 1 if it insists) best-scored positions."""
         wanted = self.policy.wanted(stats, ctx)
         if wanted is not None:
@@ -239,4 +297,5 @@ class Sampler:
         if self.policy.at_least_one:
             counts = counts.clamp_min(1)
         counts = torch.minimum(counts, ctx.eligible.sum(dim=1))
-        return select_positions(self.policy.scores(stats, ctx), ctx.eligible, counts, tiebreak=ctx.uniform)
+        tiebreak = ctx.uniform if self.tiebreak == "random" else None
+        return select_positions(self.policy.scores(stats, ctx), ctx.eligible, counts, tiebreak=tiebreak)

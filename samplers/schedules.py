@@ -5,7 +5,11 @@ fixed curves come from a noise schedule, F(k) = (alpha(1 - k/n) - alpha(1)) / (a
 with the counts rounded (`loglinear`, `linear`, `cosine`) or drawn (`ancestral`: every masked token
 revealed with probability (F(k+1) - F(k)) / (1 - F(k)), exactly MDLM's sampler). `geometric`
 doubles the count each step, F(k) = 2^(k - n), the first step taking the remainder: with a dilated
-order it reveals each level of the dilation in its own step. A learned allocation
+order it reveals each level of the dilation in its own step. The references' own counts: `even`
+(LLaDA's `get_num_transfer_tokens`: a block's masked tokens split evenly, the remainder one each to
+the first steps), `dream` (Dream's `int(M * (1 - s / t))` of the M still masked, on its time grid
+linspace(1, eps, n + 1)) and `cap` (nothing but what the policy accepts, everything left at the
+block's last step: Fast-dLLM's threshold decoding with the budget as a cap). A learned allocation
 (`AllocationSchedule`) stores its own curve for one step budget.
 """
 
@@ -23,12 +27,15 @@ __all__ = [
     "NoiseCurveSchedule",
     "GeometricSchedule",
     "AllocationSchedule",
+    "EvenSchedule",
+    "DreamSchedule",
+    "CapSchedule",
     "SCHEDULE_NAMES",
     "make_step_schedule",
     "curve_counts",
 ]
 
-SCHEDULE_NAMES = ("loglinear", "linear", "cosine", "geometric", "ancestral")
+SCHEDULE_NAMES = ("loglinear", "linear", "cosine", "geometric", "ancestral", "even", "dream", "cap")
 
 
 class Schedule:
@@ -100,6 +107,67 @@ class GeometricSchedule(Schedule):
         return fractions
 
 
+class EvenSchedule(Schedule):
+    """LLaDA: each step reveals initial // n of the block's tokens, the first initial % n one more."""
+
+    name = "even"
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        return torch.arange(steps + 1, dtype=torch.float64) / steps
+
+    def counts(
+        self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor, uniform: torch.Tensor
+    ) -> torch.Tensor:
+        remaining = eligible.sum(dim=1)
+        if step == steps - 1:
+            return remaining
+        return torch.minimum(initial // steps + (step < initial % steps).long(), remaining)
+
+
+class DreamSchedule(Schedule):
+    """Dream: of the M tokens still masked, int(M * (1 - s / t)) at step i, with t, s consecutive points of
+    linspace(1, eps, n + 1) in float32 (as Dream computes it); everything left at the last step."""
+
+    name = "dream"
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        self.eps = eps
+
+    def _ratios(self, steps: int) -> torch.Tensor:
+        t = torch.linspace(1.0, self.eps, steps + 1, dtype=torch.float32)
+        return 1 - t[1:] / t[:-1]
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        kept = torch.cumprod(1 - self._ratios(steps).to(torch.float64), dim=0)
+        fractions = torch.cat([torch.zeros(1, dtype=torch.float64), 1 - kept])
+        fractions[-1] = 1.0
+        return fractions
+
+    def counts(
+        self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor, uniform: torch.Tensor
+    ) -> torch.Tensor:
+        remaining = eligible.sum(dim=1)
+        if step == steps - 1:
+            return remaining
+        ratio = self._ratios(steps)[step].to(eligible.device)
+        return (remaining.to(torch.float32) * ratio).long()
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "eps": self.eps}
+
+
+class CapSchedule(Schedule):
+    """No count of its own: a step reveals what the policy accepts (at least one); the block's last step
+    reveals everything left, so the step budget is a cap (Fast-dLLM's threshold decoding)."""
+
+    name = "cap"
+
+    def fractions(self, steps: int) -> torch.Tensor:
+        fractions = torch.zeros(steps + 1, dtype=torch.float64)
+        fractions[-1] = 1.0
+        return fractions
+
+
 class AllocationSchedule(Schedule):
     """A learned step allocation: an explicit reveal curve for exactly `steps` steps."""
 
@@ -159,4 +227,10 @@ def make_step_schedule(name: str, noise: str = "loglinear") -> Schedule:
         return NoiseCurveSchedule(name)
     if name == "geometric":
         return GeometricSchedule()
+    if name == "even":
+        return EvenSchedule()
+    if name == "dream":
+        return DreamSchedule()
+    if name == "cap":
+        return CapSchedule()
     raise RunError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)} or learned")

@@ -123,7 +123,13 @@ def test_vocabulary_split_merges_exactly(splits):
     ref = denoise_step(logits, tokens, 4, temperature=0.9, noise=noise, count=2, backend="torch")
     out = triton_step(logits.to(DEVICE), tokens.to(DEVICE), 4, 0.9, 0, 0, noise.to(DEVICE),
                       torch.full((2,), 2, device=DEVICE), None, None, False, splits=splits, block=128)
-    assert_same(ref, StepResult(*out))
+    assert_same(ref, StepResult(*out[:7]))
+    # the two extra outputs the samplers read: the top-1 probability and the argmax (mask excluded)
+    x = logits.double() / 0.9
+    x[..., 4] = -math.inf
+    probs = torch.softmax(x, -1)
+    assert torch.allclose(out[7].cpu().double(), probs.amax(-1), rtol=1e-5)
+    assert torch.equal(out[8].cpu(), x.argmax(-1))
 
 
 @needs_triton
@@ -375,3 +381,80 @@ def test_gpu_large_bf16_matches_reference_and_loop_has_no_sync():
         eager(start, seed=6)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --- the sampler's statistics (`token_stats`): both backends, one contract -------------------------------
+
+
+def _stats_inputs(batch=3, length=6, vocab=700, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(batch, length, vocab, generator=gen) * 3).to(DEVICE)
+    rows = (torch.rand(batch, length, generator=gen) < 0.7).to(DEVICE)
+    return logits, rows
+
+
+@needs_triton
+def test_triton_stats_equal_the_torch_path_at_temperature_zero():
+    from fewstep.kernels import sequence_keys, token_stats
+
+    logits, rows = _stats_inputs()
+    keys = sequence_keys(3, torch.arange(3, device=DEVICE))
+    fast = token_stats(logits, rows, 5, temperature=0.0, keys=keys, step=2, backend="triton")
+    ref = token_stats(logits.cpu(), rows.cpu(), 5, temperature=0.0, keys=keys.cpu(), step=2, backend="torch")
+    for name in ("proposal", "argmax"):
+        assert torch.equal(getattr(fast, name).cpu()[rows.cpu()], getattr(ref, name)[rows.cpu()]), name
+    for name in ("confidence", "sampled_prob", "margin", "entropy"):
+        assert torch.allclose(getattr(fast, name).cpu()[rows.cpu()], getattr(ref, name)[rows.cpu()], rtol=1e-4,
+                              atol=1e-5), name
+    assert (fast.proposal.cpu()[~rows.cpu()] == 5).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_token_stats_noise_does_not_depend_on_the_batch(backend):
+    """A sequence's draw is keyed by its own key: alone or beside others, the same tokens."""
+    from fewstep.kernels import sequence_keys, token_stats
+
+    logits, rows = _stats_inputs(seed=1)
+    rows[:] = True
+    keys = sequence_keys(9, torch.arange(3, device=DEVICE))
+    together = token_stats(logits, rows, 5, temperature=1.0, keys=keys, step=4, backend=backend).proposal
+    alone = token_stats(logits[1:2], rows[1:2], 5, temperature=1.0, keys=keys[1:2], step=4, backend=backend).proposal
+    assert torch.equal(together[1:2], alone)
+    other_step = token_stats(logits, rows, 5, temperature=1.0, keys=keys, step=5, backend=backend).proposal
+    assert not torch.equal(together, other_step)
+
+
+@needs_triton
+def test_triton_stats_draw_the_softmax_at_temperature_one():
+    """Seed-mode draws of the Triton path follow softmax(logits) by frequency (its own Philox stream)."""
+    from fewstep.kernels import sequence_keys, token_stats
+
+    logits = torch.tensor([2.0, 0.5, -1.0, -float("inf"), 0.0, 1.0]).expand(1, 400, -1).contiguous().to(DEVICE)
+    rows = torch.ones(1, 400, dtype=torch.bool, device=DEVICE)
+    counts = torch.zeros(6)
+    for step in range(10):
+        drawn = token_stats(logits, rows, 5, temperature=1.0, keys=sequence_keys(0, torch.zeros(1, dtype=torch.long,
+                            device=DEVICE)), step=step, backend="triton").proposal
+        counts += torch.bincount(drawn.flatten().cpu(), minlength=6).double()
+    expected = torch.softmax(torch.tensor([2.0, 0.5, -1.0, -float("inf"), 0.0, -float("inf")]).double(), -1)
+    assert counts[3] == 0 and counts[5] == 0  # zero probability and the mask: never drawn
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.03)
+
+
+@needs_triton
+def test_the_sampler_runs_on_the_triton_path():
+    """`Sampler(backend="triton")` reaches the Triton statistics and yields complete, seeded samples."""
+    from fewstep.samplers import Sampler, make_policy, make_step_schedule
+
+    class Model(torch.nn.Module):
+        time_conditioning = False
+        mask_id, vocab_size = 7, 8
+
+        def forward(self, z, t=None):
+            return torch.nn.functional.one_hot(z.clamp_max(6), 8).float() * 2 + torch.arange(8.0, device=z.device)
+
+    sampler = Sampler(make_step_schedule("loglinear"), make_policy("confidence"), backend="triton")
+    a = sampler.generate(Model(), 2, 8, 4, seed=1, device=DEVICE)
+    b = sampler.generate(Model(), 2, 8, 4, seed=1, device=DEVICE)
+    assert torch.equal(a.tokens, b.tokens) and not bool((a.tokens == 7).any())

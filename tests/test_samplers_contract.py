@@ -139,18 +139,22 @@ def test_a_learned_allocation_refuses_another_budget(chain):
 
 
 def test_a_spec_samples_like_the_sampler_it_names(chain):
-    from fewstep.samplers import ancestral_sample
     from fewstep.samplers.presets import parse_spec, sample_with_spec, sampler_from_spec, spec_is_learned
 
     oracle = MarkovOracle(chain)
-    # `ancestral` is the MDLM reference sampler itself, token for token
+    # `ancestral` is the Sampler with MDLM's parts: a random order and MDLM's counts under the noise schedule
     out = sample_with_spec("ancestral", oracle, 5, L, STEPS, seed=3, noise_schedule="cosine", batch_size=2)
-    reference = ancestral_sample(oracle, 5, L, STEPS, oracle.mask_id, schedule="cosine", seed=3, batch_size=2)
-    assert torch.equal(out.tokens, reference.tokens) and out.nfe == reference.nfe
+    reference = Sampler(make_step_schedule("ancestral", "cosine"), make_policy("random")).generate(
+        oracle, 5, L, STEPS, seed=3)
+    assert torch.equal(out.tokens, reference.tokens) and out.nfe_per_sequence == reference.nfe_per_sequence
     # any other spec is the Sampler it names; the parts are what the spec says
     assert parse_spec("eb+random/geometric") == {
-        "sampler": "ancestral", "policy": "eb", "fallback": "random", "schedule": "geometric"
+        "sampler": "ancestral", "policy": "eb", "fallback": "random", "schedule": "geometric", "options": {}
     }
+    assert parse_spec("fast-dllm:threshold=0.8,block=4")["options"] == {"threshold": 0.8, "block": 4}
+    assert sampler_from_spec("fast-dllm:threshold=0.8,block=4", STEPS).block_size == 4
+    with pytest.raises(RunError, match="sampler spec option"):
+        parse_spec("llada:blocks=4")
     out = sample_with_spec("eb+random/geometric", oracle, 5, L, STEPS, seed=3)
     same = sampler_from_spec("eb+random/geometric", STEPS).generate(oracle, 5, L, STEPS, seed=3)
     assert torch.equal(out.tokens, same.tokens) and out.nfe_per_sequence <= STEPS

@@ -7,7 +7,8 @@ import torch
 
 from fewstep.distill.config import MarkovConfig
 from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.samplers import LearnedPolicy, Sampler, make_policy, make_step_schedule, select_positions
+from fewstep.kernels import select_positions
+from fewstep.samplers import LearnedPolicy, Sampler, make_policy, make_step_schedule
 from fewstep.samplers.grpo import GRPOConfig, grpo_finetune
 from fewstep.samplers.learn_allocation import search_allocation
 from fewstep.samplers.learn_policy import head_accuracy, imitation_data, train_head
@@ -29,10 +30,10 @@ def _nll(chain: MarkovChain, tokens: torch.Tensor) -> float:
 POLICIES = {
     "random": lambda: make_policy("random"),
     "dilated": lambda: make_policy("dilated"),
-    "confidence": lambda: make_policy("confidence"),
+    "top1": lambda: make_policy("top1"),
     "margin": lambda: make_policy("margin"),
     "entropy": lambda: make_policy("entropy"),
-    "threshold": lambda: make_policy("threshold", threshold=0.995),
+    "threshold": lambda: make_policy("threshold", threshold=0.995, confidence="top1"),
     "eb": lambda: make_policy("eb", gamma=0.005),
 }
 
@@ -47,6 +48,17 @@ def test_many_steps_match_the_exact_nll(name, chain):
     # the standard error of the mean per-token NLL of 192 samples is about 0.01 nats here
     assert abs(_nll(chain, out.tokens) - exact) < 0.05 * exact
     assert chain.invalid_rate(out.tokens) < 0.005
+
+
+def test_ranking_by_the_sampled_tokens_probability_is_not_exact(chain):
+    """LLaDA's and Fast-dLLM's confidence, the probability of the token just drawn, depends on the draw:
+    positions whose draw was likely go first, so even one token per step favours likely tokens (a lower
+    NLL than the data's, with less entropy). The top-1 probability does not depend on the draw."""
+    exact = chain.expected_nll(L) / L
+    out = Sampler(make_step_schedule("loglinear"), make_policy("confidence")).generate(
+        MarkovOracle(chain), 192, L, L, seed=0
+    )
+    assert _nll(chain, out.tokens) < 0.9 * exact
 
 
 def test_few_steps_are_measurably_worse(chain):
@@ -109,12 +121,11 @@ def test_policy_head_imitates_its_oracle_on_heldout_rollouts(chain):
 def test_fallback_order_fills_the_count_after_accepted_tokens(chain):
     """Threshold with a random fallback: at few steps it follows the random order (far better on a chain)."""
     oracle = MarkovOracle(chain)
-    plain = Sampler(make_step_schedule("loglinear"), make_policy("threshold")).generate(
-        oracle, 96, L, 4, seed=0
+    plain = Sampler(make_step_schedule("loglinear"), make_policy("threshold", confidence="top1")).generate(
+        oracle, 192, L, 4, seed=0
     )
-    spread = Sampler(make_step_schedule("loglinear"), make_policy("threshold", fallback="random")).generate(
-        oracle, 96, L, 4, seed=0
-    )
+    spread = Sampler(make_step_schedule("loglinear"),
+                     make_policy("threshold", fallback="random", confidence="top1")).generate(oracle, 192, L, 4, seed=0)
     assert _nll(chain, spread.tokens) < 0.8 * _nll(chain, plain.tokens)
 
 

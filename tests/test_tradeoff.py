@@ -17,7 +17,7 @@ from fewstep.distill.export import export_model
 from fewstep.distill.runtime import RunError
 from fewstep.distill.tradeoff import pareto_front, python_lines_ok
 from fewstep.distill.tune import Target, tune
-from fewstep.samplers.ancestral import ancestral_sample
+from fewstep.samplers.presets import sample_with_spec
 
 
 def row(model, steps, nll, entropy, speed):
@@ -113,7 +113,7 @@ def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_pa
     from fewstep.distill.model_dir import load_model_dir
 
     memory = load_model_dir(tiny_teacher).denoiser
-    expected = ancestral_sample(memory, 3, 16, 6, memory.mask_id, seed=7).tokens
+    expected = sample_with_spec("ancestral", memory, 3, 16, 6, seed=7).tokens
     assert torch.equal(result["tokens"], expected)
     cli = run_cli("generate", str(out), "--num-samples", "3", "--seed", "7")
     assert cli.returncode == 0, cli.stderr[-2000:]
@@ -132,7 +132,7 @@ def test_export_generates_with_its_tuned_sampler(tiny_teacher, tmp_path):
     memory = load_model_dir(tiny_teacher).denoiser
     expected = Sampler(make_step_schedule("geometric"), make_policy("dilated")).generate(memory, 3, 16, 4, seed=7)
     assert torch.equal(result["tokens"], expected.tokens) and result["nfe"] == expected.nfe_per_sequence
-    assert not torch.equal(result["tokens"], ancestral_sample(memory, 3, 16, 4, memory.mask_id, seed=7).tokens)
+    assert not torch.equal(result["tokens"], sample_with_spec("ancestral", memory, 3, 16, 4, seed=7).tokens)
 
 
 def test_export_refuses_bad_sources(tiny_teacher, tmp_path):

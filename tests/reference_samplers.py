@@ -1,4 +1,7 @@
-"""MDLM's ancestral sampler: the reference every other sampler and kernel is checked against.
+"""Test oracles: MDLM's ancestral sampler as MDLM writes it (a per-token reveal draw, float64 Gumbel).
+
+Not a product path: `Sampler(make_step_schedule("ancestral"), make_policy("random"))` is fewstep's
+ancestral sampler; tests check it against this transcription in distribution.
 
 From t to s < t each still-masked token is revealed with probability
 (alpha(s) - alpha(t)) / (1 - alpha(t)), with its value drawn from the denoiser's distribution
@@ -10,35 +13,15 @@ output, so NFE can be below the step count.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fewstep.distill.diffusion import NoiseSchedule, make_schedule
 from fewstep.distill.noise import NoiseSource, uniform
+from fewstep.samplers import SampleOutput
 
-__all__ = ["SampleOutput", "ancestral_sample", "gumbel_argmax"]
-
-
-@dataclass
-class SampleOutput:
-    """Tokens [num_samples, seq_len] and what producing them cost."""
-
-    tokens: torch.Tensor
-    steps: int
-    nfe: int  # denoiser forward passes (per batch, summed over batches)
-    wall_time: float  # seconds
-    num_batches: int
-
-    @property
-    def nfe_per_sequence(self) -> float:
-        """Forward passes each sequence went through (batches run one after another)."""
-        return self.nfe / self.num_batches
-
-    @property
-    def tokens_per_forward(self) -> float:
-        return self.tokens.shape[1] / max(self.nfe_per_sequence, 1e-9)
+__all__ = ["ancestral_sample", "gumbel_argmax"]
 
 
 def gumbel_argmax(logits: torch.Tensor, generator: NoiseSource, temperature: float = 1.0) -> torch.Tensor:
