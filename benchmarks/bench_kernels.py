@@ -22,8 +22,9 @@ from collections.abc import Callable
 import torch
 
 from fewstep.kernels import denoise_step, triton_available
-from fewstep.kernels.loop import StaticLoop, count_host_syncs
 from fewstep.kernels.reference import gumbel_from_uniform, reference_step
+from fewstep.samplers.presets import sampler_from_spec
+from fewstep.samplers.static_loop import count_host_syncs
 
 MASK_ID = 0
 
@@ -95,23 +96,30 @@ class LoopModel(torch.nn.Module):
         self.mix = torch.nn.Linear(width, width)
         self.head = torch.nn.Linear(width, vocab, bias=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    time_conditioning = False
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(tokens)
         return self.head(torch.tanh(self.mix(h)))
 
 
-def bench_loop(device: torch.device, vocab: int, batch: int, length: int, steps: int, repeats: int) -> dict:
+def bench_loop(device: torch.device, vocab: int, batch: int, length: int, steps: int, repeats: int,
+               spec: str = "llada") -> dict:
+    """The product's sampling loop (`Sampler`, preset `spec`): eager static loop against the CUDA graph."""
     model = LoopModel(vocab, 256).to(device).eval()
+    model.mask_id, model.vocab_size = MASK_ID, vocab
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
-    start = torch.full((batch, length), MASK_ID, device=device)
-    out = {"vocab": vocab, "batch": batch, "length": length, "steps": steps}
-    eager = StaticLoop(model, batch, length, MASK_ID, steps, device=device)
-    out["eager_step_s"] = median_seconds(lambda: eager(start, seed=1), device, repeats) / steps
+    sampler = sampler_from_spec(spec, steps)
+    out = {"vocab": vocab, "batch": batch, "length": length, "steps": steps, "sampler": spec}
+
+    def run(graph: bool, seed: int = 1):
+        return sampler.generate(model, batch, length, steps, seed=seed, device=device, static=True, cuda_graph=graph)
+
+    out["eager_step_s"] = median_seconds(lambda: run(False), device, repeats) / steps
     if device.type == "cuda" and triton_available():
-        graphed = StaticLoop(model, batch, length, MASK_ID, steps, device=device, cuda_graph=True)
-        out["graph_step_s"] = median_seconds(lambda: graphed(start, seed=1), device, repeats) / steps
-        out["host_syncs_per_step"] = count_host_syncs(lambda: eager(start, seed=2)) / steps
+        out["graph_step_s"] = median_seconds(lambda: run(True), device, repeats) / steps
+        out["host_syncs_per_step"] = count_host_syncs(lambda: run(False, seed=2)) / steps
     return out
 
 

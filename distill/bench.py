@@ -205,7 +205,9 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
 
 
 def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> list[dict[str, Any]]:
-    """Flat rows for a printed table, with speed-ups over the slowest teacher row and the AR baseline."""
+    """Flat rows for a printed table, with speed-ups over the slowest teacher row and the AR baseline:
+    throughput at the bench's batch (`x_ar`) and latency of one sequence at batch 1 (`b1_ms`, `x_ar_b1`:
+    the AR model's batch-1 latency over this row's)."""
     key = quality_key(rows)
     ar = next((r for r in rows if r["model"] == "autoregressive"), None)
     teacher_rows = [r for r in rows if r["model"] == (reference or rows[0]["model"])]
@@ -222,6 +224,10 @@ def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> li
             row["x_teacher"] = r["tokens_per_s"] / slowest["tokens_per_s"]
         if ar is not None:
             row["x_ar"] = r["tokens_per_s"] / ar["tokens_per_s"]
+        if "latency_b1_ms" in r:
+            row["b1_ms"] = r["latency_b1_ms"]
+            if ar is not None and "latency_b1_ms" in ar:
+                row["x_ar_b1"] = ar["latency_b1_ms"] / r["latency_b1_ms"]
         row["pareto"] = "*" if i in front else ""
         out.append(row)
     return out

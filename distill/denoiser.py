@@ -41,7 +41,11 @@ class TimeEmbedding(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """Wraps a masked-LM backbone: logits over the tokenizer's vocabulary, mask logit at -inf."""
+    """Wraps a masked-LM backbone: logits over the tokenizer's vocabulary, in the backbone's dtype.
+
+    The logits are a view of the backbone's (no copy of [B, L, V]); the mask token is excluded where
+    they are used (SUBS): in the sampling step and in the losses.
+    """
 
     def __init__(self, backbone: nn.Module, mask_id: int, vocab_size: int, time_conditioning: bool = False,
                  adapter: Any = None) -> None:
@@ -67,10 +71,7 @@ class Denoiser(nn.Module):
             logits = self.adapter.logits(self.backbone, z)
         else:
             logits = self.backbone(input_ids=z).logits
-        logits = logits[..., : self.vocab_size].float()
-        is_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=logits.device)
-        is_mask[self.mask_id] = True
-        return logits.masked_fill(is_mask, -math.inf)
+        return logits[..., : self.vocab_size]
 
     @property
     def family(self) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "forward_process",
     "nelbo_per_position",
     "subs_log_probs",
+    "exclude_mask",
 ]
 
 
@@ -124,7 +125,7 @@ def forward_process(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, 
     return torch.where(u < keep.to(x0.device), x0, torch.full_like(x0, mask_id))
 
 
-def _exclude_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+def exclude_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     """Logits with the mask token at -inf (out of place): the model never predicts the mask."""
     is_mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     is_mask[mask_id] = True
@@ -133,7 +134,7 @@ def _exclude_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
 
 def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch.Tensor:
     """SUBS parametrisation: log-softmax with the mask excluded; revealed tokens are copied through."""
-    log_probs = F.log_softmax(_exclude_mask(logits, mask_id), dim=-1)
+    log_probs = F.log_softmax(exclude_mask(logits, mask_id), dim=-1)
     revealed = z != mask_id
     copy = torch.full_like(log_probs, -math.inf)
     copy.scatter_(-1, z.unsqueeze(-1), 0.0)
@@ -146,7 +147,7 @@ def nelbo_per_position(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, 
 
     Its sum over positions, averaged over t, is the NELBO of each sequence in nats.
     """
-    logits = _exclude_mask(logits if logits.dtype == torch.float64 else logits.float(), mask_id)
+    logits = exclude_mask(logits if logits.dtype == torch.float64 else logits.float(), mask_id)
     ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
     weight = schedule.weight(t.to(torch.float64)).to(ce.dtype).unsqueeze(-1)
     return torch.where(z == mask_id, weight * ce, torch.zeros_like(ce))

@@ -76,6 +76,9 @@ def _check_generation(settings: Any, where: str) -> dict[str, Any]:
         raise ModelError(f"{where}: the step count must be an integer >= 1, got {steps!r}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise ModelError(f"{where}: the temperature must be a finite number >= 0, got {temperature!r}")
+    for key in ("sampler", "schedule"):
+        if key in settings and not isinstance(settings[key], str):
+            raise ModelError(f"{where}: {key} must be a name (a string), got {settings[key]!r}")
     return settings
 
 
@@ -176,7 +179,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", trust_remote_code
                   "schedule": loaded.meta.get("noise_schedule", "loglinear"), "temperature": 1.0}
     if (directory / GENERATION_FILE).exists():
         try:
-            generation.update(json.loads((directory / GENERATION_FILE).read_text()))
+            generation.update(_check_generation(json.loads((directory / GENERATION_FILE).read_text()),
+                                                str(directory / GENERATION_FILE)))
         except json.JSONDecodeError as error:
             raise ModelError(f"{directory / GENERATION_FILE} is not valid JSON ({error})") from error
     return Pipeline(loaded.denoiser, loaded.tokenizer, loaded.meta, generation, directory)

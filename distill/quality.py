@@ -46,8 +46,10 @@ def task_for(data: dict[str, Any] | None) -> Any:
 
 
 def sample_records(model_dir: str, steps: int, num_samples: int, seq_len: int | None = None, seed: int = 0,
-                   temperature: float = 1.0, batch_size: int = 64, device: str | None = None) -> list[dict[str, Any]]:
-    """Sample from a model directory; one dict per sequence with text, tokens and exact scores if known."""
+                   temperature: float = 1.0, batch_size: int = 64, device: str | None = None,
+                   trust_remote_code: bool = False) -> list[dict[str, Any]]:
+    """Sample from a model directory; one dict per sequence with text, tokens and exact scores if known.
+    `trust_remote_code`: the user's permission for a directory that ships its own modeling code."""
     from fewstep.distill.model_dir import load_model_dir
     from fewstep.samplers.presets import sample_with_spec
 
@@ -56,7 +58,7 @@ def sample_records(model_dir: str, steps: int, num_samples: int, seq_len: int | 
     if num_samples < 1:
         raise RunError("--num-samples must be at least 1")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model_dir(model_dir, device=device)
+    loaded = load_model_dir(model_dir, device=device, trust_remote_code=trust_remote_code)
     meta = loaded.meta
     seq_len = seq_len or int(meta.get("seq_len", 64))
     max_len = getattr(loaded.denoiser.backbone.config, "max_position_embeddings", None)

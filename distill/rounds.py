@@ -60,7 +60,8 @@ class RoundCallback(L.Callback):
         if not exported:  # stopped between the checkpoint and the export
             self.finish_round(trainer, module, last)
         elif last < self.cfg.rounds.count - 1:
-            loaded = load_model_dir(round_dir(self.out_dir, last), device=module.device)
+            loaded = load_model_dir(round_dir(self.out_dir, last), device=module.device,
+                                    trust_remote_code=self.cfg.teacher.trust_remote_code)
             module.set_teacher(loaded.denoiser.state_dict())
 
     # -------------------------------------------------------------- boundaries

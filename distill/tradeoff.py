@@ -1,7 +1,9 @@
 """The speed/quality trade-off: sweep rows, the Pareto front, `tradeoff.json`, `pareto.png`, W&B.
 
 A row is one (model, sampler, schedule, step count) measured side by side with the others in the
-same run: NFE, tokens per forward, tokens/s and latency, and quality with the sample entropy beside
+same run: NFE, tokens per forward, tokens/s and latency at the bench's batch, the latency of one
+sequence at batch 1 (where deployment often runs, and where the picture against autoregressive
+decoding can reverse), and quality with the sample entropy beside
 it (`exact_nll` and `invalid_rate` on markov; `gen_nll` under a reference autoregressive model
 where one is given; `python_lines_ok` on stdlib). The autoregressive baseline (KV cache, same
 device, same batch) is a row too.
@@ -93,10 +95,12 @@ def measure(candidate: Candidate, steps: int, data: Any, num_samples: int, seed:
         if tokens is None:
             tokens, nfe = out_tokens, out_nfe
     seconds = sorted(times)[len(times) // 2]
+    single = [candidate.sample(candidate.model, 1, seq_len, steps, seed + r)[2] for r in range(max(3, repeats))]
     return {
         "model": candidate.model_name, "sampler": candidate.sampler, "schedule": candidate.schedule,
         "steps": steps, "nfe": float(nfe), "tokens_per_forward": seq_len / max(nfe, 1e-9),
         "tokens_per_s": num_samples * seq_len / seconds, "latency_ms": 1000.0 * seconds,
+        "latency_b1_ms": 1000.0 * sorted(single)[len(single) // 2],
         "batch_size": num_samples, "quality": sample_quality_row(tokens, data, evaluator),
     }
 
@@ -108,10 +112,13 @@ def ar_row(evaluator: Any, data: Any, num_samples: int, seed: int, repeats: int 
     seq_len = data.train.shape[1]
     runs = [ar_sample(evaluator, num_samples, seq_len, seed=seed + r, exclude=data.mask_id) for r in range(repeats)]
     seconds = sorted(r[1] for r in runs)[len(runs) // 2]
+    single = sorted(ar_sample(evaluator, 1, seq_len, seed=seed + r, exclude=data.mask_id)[1]
+                    for r in range(max(3, repeats)))
     return {
         "model": "autoregressive", "sampler": "kv-cache", "schedule": "left-to-right", "steps": seq_len,
         "nfe": float(seq_len), "tokens_per_forward": 1.0, "tokens_per_s": num_samples * seq_len / seconds,
-        "latency_ms": 1000.0 * seconds, "batch_size": num_samples,
+        "latency_ms": 1000.0 * seconds, "latency_b1_ms": 1000.0 * single[len(single) // 2],
+        "batch_size": num_samples,
         "quality": sample_quality_row(runs[0][0], data, evaluator),
     }
 
@@ -185,10 +192,11 @@ def log_wandb(rows: list[dict[str, Any]], pareto_png: Path, run: Any, artifact_d
     import wandb
 
     key = quality_key(rows)
-    columns = ["model", "sampler", "schedule", "steps", "nfe", "tokens_per_s", "latency_ms", key, "entropy"]
+    columns = ["model", "sampler", "schedule", "steps", "nfe", "tokens_per_s", "latency_ms", "latency_b1_ms", key,
+               "entropy"]
     table = wandb.Table(columns=columns, data=[
         [r["model"], r["sampler"], r["schedule"], r["steps"], r["nfe"], r["tokens_per_s"], r["latency_ms"],
-         r["quality"][key], r["quality"]["entropy"]] for r in rows])
+         r.get("latency_b1_ms"), r["quality"][key], r["quality"]["entropy"]] for r in rows])
     logged: dict[str, Any] = {f"{prefix}/table": table, f"{prefix}/pareto": wandb.Image(str(pareto_png))}
     for model in sorted({r["model"] for r in rows}):
         sub = [r for r in rows if r["model"] == model]

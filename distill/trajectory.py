@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewstep.distill.diffusion import NoiseSchedule, forward_process, sample_t
+from fewstep.distill.diffusion import NoiseSchedule, exclude_mask, forward_process, sample_t
 from fewstep.distill.io import atomic_save
 from fewstep.distill.noise import NoiseSource
 
@@ -68,9 +68,10 @@ def trajectory_loss(student: nn.Module, x_hat: torch.Tensor, schedule: NoiseSche
     target = torch.cat([x_hat, x_hat])
     logits = student(z, torch.cat([t, 1.0 - t]).float())
     masked = z == mask_id
-    logits_m, target_m = logits[masked], target[masked]
+    # SUBS on the masked rows only: the mask token is never a prediction
+    logits_m, target_m = exclude_mask(logits[masked].float(), mask_id), target[masked]
     ce = F.cross_entropy(logits_m, target_m)
-    log_q = F.log_softmax(logits_m.float(), dim=-1)
+    log_q = F.log_softmax(logits_m, dim=-1)
     entropy = -(log_q.exp() * torch.where(torch.isfinite(log_q), log_q, 0.0)).sum(-1)
     right = logits_m.argmax(-1) == target_m
     certainty = (entropy * right).sum() / right.sum().clamp_min(1)

@@ -8,8 +8,12 @@ modules, export), `fewstep.samplers` (samplers and unmasking schedules) and `few
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu"):
-    """Load an export (or any fewstep model directory) for generation: `fewstep.load(d).generate(4)`."""
+def load(path, device="cpu", trust_remote_code=False):
+    """Load an export (or any fewstep model directory) for generation: `fewstep.load(d).generate(4)`.
+
+    `trust_remote_code=True` lets a directory that ships its own modeling code run it: pass it only for
+    a directory whose code you have read; the directory itself never decides.
+    """
     from fewstep.distill.export import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, trust_remote_code=trust_remote_code)

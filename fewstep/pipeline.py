@@ -39,7 +39,8 @@ def print_teacher_summary(result: Any, cfg: TeacherRunConfig) -> None:
         print(line)
     print(f"model directory: {result.model_dir}")
     if cfg.num_print_samples > 0:
-        records = sample_records(str(result.model_dir), steps=cfg.sample_steps, num_samples=cfg.num_print_samples)
+        records = sample_records(str(result.model_dir), steps=cfg.sample_steps, num_samples=cfg.num_print_samples,
+                                 trust_remote_code=cfg.model.trust_remote_code)
         print(f"\nsamples ({cfg.sample_steps} steps):")
         for record in records:
             print("  " + record["text"][:200].replace("\n", "\\n"))

@@ -167,14 +167,15 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
     columns = ["model", "sampler", "steps", "nfe", metric]
     columns += ["gen_nll"] if metric != "gen_nll" and "gen_nll" in table[0] else []
     columns += ["entropy"] + (["invalid_rate"] if metric == "exact_nll" else [])
-    columns += ["tokens_per_s", "x_teacher", "x_ar", "pareto"]
+    columns += ["tokens_per_s", "x_teacher", "x_ar", "b1_ms", "x_ar_b1", "pareto"]
     print()
     print(format_table(table, columns))
     scale = "under the true chain" if metric == "exact_nll" else "under the AR evaluator"
     print(f"\n{metric}: nats/token ({scale}, lower is better); gen_nll: nats/token under the AR evaluator; "
           "entropy: unigram entropy of the samples; x_teacher / x_ar: tokens/s over the teacher "
           f"at {reference_steps} steps and over the autoregressive model with a KV cache (same device, same batch); "
-          "* = on the Pareto front.")
+          "b1_ms: milliseconds for one sequence at batch 1, x_ar_b1: the autoregressive model's b1_ms over this "
+          "row's; * = on the Pareto front.")
     print(f"\nchosen for deployment: {chosen['model']} at {chosen['steps']} steps with the {chosen['sampler']} "
           f"sampler ({metric} {chosen['quality'][metric]:.4f} vs teacher {reference['quality'][metric]:.4f}, "
           f"entropy {chosen['quality']['entropy']:.4f} vs {reference['quality']['entropy']:.4f})")

@@ -1,12 +1,11 @@
 """The denoising step every sampler runs: fused statistics (Triton on CUDA, chunked torch elsewhere),
-counter-based noise, position selection, and a fixed-step loop a CUDA graph can capture.
+counter-based noise and position selection.
 
-`token_stats` is what `fewstep.samplers.Sampler` calls at every step; `denoise_step` is the whole
-step as one op (statistics, selection, scatter); `generate_static` runs a loop of it with static
-shapes. Triton is imported only when a Triton path runs.
+`token_stats` is what `fewstep.samplers.Sampler` calls at every step (its static loop, which a CUDA
+graph can capture, included); `denoise_step` is the whole step as one op (statistics, selection,
+scatter). Triton is imported only when a Triton path runs.
 """
 
-from fewstep.kernels.loop import StaticLoop, generate_static
 from fewstep.kernels.noise import LANE_ORDER, LANE_TOKEN, counter_uniform, sequence_keys
 from fewstep.kernels.reference import gumbel_from_uniform
 from fewstep.kernels.select import select_positions
@@ -16,12 +15,10 @@ from fewstep.kernels.step import StepResult, denoise_step, token_stats, triton_a
 __all__ = [
     "LANE_ORDER",
     "LANE_TOKEN",
-    "StaticLoop",
     "StepResult",
     "StepStats",
     "counter_uniform",
     "denoise_step",
-    "generate_static",
     "gumbel_from_uniform",
     "select_positions",
     "sequence_keys",

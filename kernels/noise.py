@@ -44,8 +44,9 @@ def counter_uniform(keys: torch.Tensor, step: int | torch.Tensor, positions: tor
                     lane: int) -> torch.Tensor:
     """Float64 uniforms in (0, 1), [B, W]: row b, column w is a pure function of
     (keys[b], step, positions[w], lane); 53 random bits each, never exactly 0 or 1."""
-    state = mix64(keys.to(torch.int64).unsqueeze(1), torch.as_tensor(step, dtype=torch.int64,
-                                                                     device=keys.device))
+    if isinstance(step, torch.Tensor):
+        step = step.to(torch.int64)
+    state = mix64(keys.to(torch.int64).unsqueeze(1), step)  # a Python int stays a kernel argument
     state = mix64(state, positions.to(torch.int64).unsqueeze(0) * 4 + lane)
     bits = _shr(state, 11)
     return (bits.to(torch.float64) + 0.5) * (2.0 ** -53)

@@ -153,7 +153,7 @@ def torch_token_stats(logits: torch.Tensor, rows: torch.Tensor, uniform: torch.T
     out = empty_stats(batch, length, -1 if mask_id is None else mask_id, device)
     if temperature > 0 and uniform is None:
         raise ValueError("sampling at temperature > 0 needs a uniform per position")
-    flat = logits.view(batch * length, vocab) if logits.is_contiguous() else logits.reshape(-1, vocab)
+    flat = logits.flatten(0, 1)  # a view, also of a padded vocabulary's slice: rows may be strided
     flat_u = uniform.reshape(-1) if uniform is not None else None
     chunk = max(1, min(chunk_elements, max(vocab, logits.numel() // 8)) // vocab)
     chunk = min(chunk, batch * length)

@@ -44,14 +44,16 @@ def imitation_data(
     batch_size: int = 64,
     max_examples: int = 200_000,
     temperature: float = 1.0,
+    tiebreak: str = "random",
 ) -> ImitationData:
     """Roll the reference sampler out and label every masked position at every step.
 
     The rollouts rank by the predictive distribution (`confidence` is the top-1 probability here, not the
-    drawn token's), so that one token per step is exact sampling and the labels are unbiased."""
+    drawn token's), so that one token per step is exact sampling and the labels are unbiased. `tiebreak`:
+    exact ties in that ranking go to a random order, or to the lowest position ("first")."""
     vocab_size = vocab_size or int(model.vocab_size)
     sampler = Sampler(NoiseCurveSchedule("loglinear"), TopKPolicy(rollout_policy, confidence="top1"),
-                      temperature=temperature)
+                      temperature=temperature, tiebreak=tiebreak)
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def record(step: StepRecord) -> None:

@@ -25,6 +25,7 @@ from fewstep.kernels import LANE_ORDER, StepStats, counter_uniform, select_posit
 from fewstep.kernels import step as kernel_step
 from fewstep.samplers.policies import Policy, StepContext
 from fewstep.samplers.schedules import Schedule
+from fewstep.samplers.static_loop import StaticRun
 
 __all__ = ["SampleOutput", "Sampler", "StepRecord", "prepare_prompt", "block_plan", "STATS_AT", "TIEBREAKS"]
 
@@ -168,8 +169,15 @@ class Sampler:
         mask_id: int | None = None,
         device: str | torch.device | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
+        static: bool = False,
+        cuda_graph: bool = False,
     ) -> SampleOutput:
-        """Draw `num_samples` sequences in at most `steps` forward passes each; reproducible for a `seed`."""
+        """Draw `num_samples` sequences in at most `steps` forward passes each; reproducible for a `seed`.
+
+        `static`: the loop without host synchronisation (`fewstep.samplers.static_loop`): the same
+        tokens, every step a forward pass. `cuda_graph` (implies `static`, CUDA + Triton): the whole loop
+        captured once per batch shape and replayed.
+        """
         if steps < 1:
             raise RunError(f"steps must be at least 1, got {steps}")
         if num_samples < 1 or seq_len < 1:
@@ -193,11 +201,17 @@ class Sampler:
         model.eval()
         began = time.perf_counter()
         chunks, nfe = [], 0
+        static = static or cuda_graph
+        if static and on_step is not None:
+            raise RunError("a step hook needs the dynamic loop; drop static / cuda_graph to use on_step")
         try:
             for first in range(0, num_samples, batch_size):
                 z = start_tokens[first : first + batch_size].to(device)
                 keys = sequence_keys(seed, torch.arange(first, first + len(z), device=device))
-                tokens, used = self._run_batch(model, z, plan, mask_id, keys, first, on_step)
+                if static:
+                    tokens, used = self._static_run(model, plan, mask_id, z, device, cuda_graph)(z, keys), steps
+                else:
+                    tokens, used = self._run_batch(model, z, plan, mask_id, keys, first, on_step)
                 chunks.append(tokens)
                 nfe += used
         finally:
@@ -211,6 +225,15 @@ class Sampler:
             wall_time=time.perf_counter() - began,
             num_batches=len(chunks),
         )
+
+    def _static_run(self, model: nn.Module, plan: list[tuple[int, int, int]], mask_id: int, z: torch.Tensor,
+                    device: torch.device, cuda_graph: bool) -> StaticRun:
+        """The static loop for this model, plan and batch shape, kept so a captured graph is replayed."""
+        runs = self.__dict__.setdefault("_static_runs", {})
+        key = (id(model), tuple(plan), mask_id, tuple(z.shape), str(device), cuda_graph)
+        if key not in runs:
+            runs[key] = StaticRun(self, model, plan, mask_id, tuple(z.shape), device, cuda_graph)
+        return runs[key]
 
     def _stats(self, logits: torch.Tensor, rows: torch.Tensor, start: int, end: int, keys: torch.Tensor,
                step: int, mask_id: int, every: bool) -> StepStats:

@@ -149,7 +149,7 @@ class DreamSchedule(Schedule):
         remaining = eligible.sum(dim=1)
         if step == steps - 1:
             return remaining
-        ratio = self._ratios(steps)[step].to(eligible.device)
+        ratio = float(self._ratios(steps)[step])  # a host constant: no copy to the device in a captured loop
         return (remaining.to(torch.float32) * ratio).long()
 
     def to_config(self) -> dict[str, Any]:

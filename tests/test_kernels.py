@@ -16,7 +16,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from fewstep.kernels import StepResult, denoise_step, gumbel_from_uniform, triton_available  # noqa: E402
-from fewstep.kernels.loop import even_counts, generate_static  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -330,37 +329,10 @@ class TinyDenoiser(torch.nn.Module):
         return h @ self.head
 
 
-def test_even_counts_sum_to_the_masked_number():
-    counts = even_counts(torch.tensor([0, 5, 16]), 4)
-    assert counts.tolist() == [[0, 1, 4], [0, 1, 4], [0, 1, 4], [0, 2, 4]]
-
-
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
-@pytest.mark.parametrize("rule", ["confidence", "random", "threshold"])
-def test_static_loop_produces_valid_tokens(backend, rule):
-    vocab, mask_id, steps = 23, 22, 4
-    device = DEVICE if backend == "triton" else torch.device("cpu")
-    model = TinyDenoiser(vocab).to(device)
-    tokens = torch.full((2, 10), mask_id, device=device)
-    tokens[:, 0] = 3  # a prompt token stays
-    out = generate_static(model, tokens, mask_id, steps, temperature=1.0, rule=rule, threshold=0.5, seed=11,
-                          backend=backend)
-    assert out.shape == tokens.shape and (out[:, 0] == 3).all()
-    assert ((out >= 0) & (out < vocab)).all()
-    if rule != "threshold":
-        assert not (out == mask_id).any()
-    else:
-        assert (out != mask_id).sum() >= 2 + 2 * steps  # at least one per row and step
-    again = generate_static(model, tokens, mask_id, steps, temperature=1.0, rule=rule, threshold=0.5, seed=11,
-                            backend=backend)
-    assert torch.equal(out, again)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_large_bf16_matches_reference_and_loop_has_no_sync():
-    from fewstep.kernels.loop import StaticLoop, count_host_syncs
-
+def test_gpu_large_bf16_matches_reference():
+    """The sampling loop on the GPU (captured, no host sync) is tested in test_static_loop.py."""
     gen = torch.Generator().manual_seed(0)
     logits = (4 * torch.randn(4, 64, 32000, generator=gen)).to(torch.bfloat16)
     tokens = torch.full((4, 64), 0)
@@ -369,18 +341,6 @@ def test_gpu_large_bf16_matches_reference_and_loop_has_no_sync():
     ref, out = both(logits, tokens, 0, temperature=1.0, noise=noise, count=torch.tensor([1, 4, 16, 64]))
     assert_same(ref, out)
 
-    model = TinyDenoiser(512).cuda()
-    start = torch.full((4, 128), 511, device="cuda")
-    eager = StaticLoop(model, 4, 128, 511, 8, device="cuda")
-    graphed = StaticLoop(model, 4, 128, 511, 8, device="cuda", cuda_graph=True)
-    assert torch.equal(eager(start, seed=3), graphed(start, seed=3))
-    assert torch.equal(graphed(start, seed=4), eager(start, seed=4))
-    assert count_host_syncs(lambda: eager(start, seed=5)) == 0
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        eager(start, seed=6)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 # --- the sampler's statistics (`token_stats`): both backends, one contract -------------------------------
@@ -430,16 +390,16 @@ def test_triton_stats_draw_the_softmax_at_temperature_one():
     """Seed-mode draws of the Triton path follow softmax(logits) by frequency (its own Philox stream)."""
     from fewstep.kernels import sequence_keys, token_stats
 
-    logits = torch.tensor([2.0, 0.5, -1.0, -float("inf"), 0.0, 1.0]).expand(1, 400, -1).contiguous().to(DEVICE)
-    rows = torch.ones(1, 400, dtype=torch.bool, device=DEVICE)
-    counts = torch.zeros(6)
-    for step in range(10):
+    logits = torch.tensor([2.0, 0.5, -1.0, -float("inf"), 0.0, 1.0]).expand(1, 128, -1).contiguous().to(DEVICE)
+    rows = torch.ones(1, 128, dtype=torch.bool, device=DEVICE)
+    counts = torch.zeros(6, dtype=torch.float64)
+    for step in range(4):
         drawn = token_stats(logits, rows, 5, temperature=1.0, keys=sequence_keys(0, torch.zeros(1, dtype=torch.long,
                             device=DEVICE)), step=step, backend="triton").proposal
         counts += torch.bincount(drawn.flatten().cpu(), minlength=6).double()
     expected = torch.softmax(torch.tensor([2.0, 0.5, -1.0, -float("inf"), 0.0, -float("inf")]).double(), -1)
     assert counts[3] == 0 and counts[5] == 0  # zero probability and the mask: never drawn
-    assert torch.allclose(counts / counts.sum(), expected, atol=0.03)
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.08)  # 512 draws: about 4 standard errors
 
 
 @needs_triton

@@ -71,8 +71,10 @@ def test_bench_writes_tradeoff_pareto_and_a_wandb_run(tiny_teacher, tmp_path):
     saved = json.loads((tmp_path / "b" / "tradeoff.json").read_text())
     assert saved["task"] == "markov" and saved["device"].startswith("cpu") and len(saved["rows"]) == 4
     for r in saved["rows"]:
-        assert {"model", "sampler", "schedule", "steps", "nfe", "tokens_per_s", "latency_ms", "quality"} <= set(r)
+        assert {"model", "sampler", "schedule", "steps", "nfe", "tokens_per_s", "latency_ms", "latency_b1_ms",
+                "quality"} <= set(r)
         assert {"entropy", "exact_nll", "invalid_rate"} <= set(r["quality"])
+        assert 0 < r["latency_b1_ms"]  # one sequence at batch 1, beside the batch's throughput
     assert payload["rows"][0]["steps"] == 2
     png = (tmp_path / "b" / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -157,3 +159,15 @@ def test_tune_cli_writes_the_choice_into_the_export(tiny_teacher, tmp_path):
     assert fewstep.load(tmp_path / "export").generation["steps"] == 16
     bad = run_cli("tune", str(tradeoff), "--target", "gen_nll", "--reference", "teacher@128")
     assert bad.returncode == 2 and "METRIC:RATIO" in bad.stderr
+
+
+def test_summary_reports_batch_one_latency_against_the_autoregressive_model():
+    """Throughput at the bench's batch and latency at batch 1 are both compared with the AR baseline."""
+    from fewstep.distill.bench import summary_rows
+
+    def row(model, speed, b1):
+        return {"model": model, "sampler": "s", "steps": 4, "nfe": 4.0, "tokens_per_s": speed,
+                "latency_b1_ms": b1, "quality": {"exact_nll": 1.0, "entropy": 3.0}}
+
+    table = summary_rows([row("teacher", 100.0, 10.0), row("autoregressive", 400.0, 80.0)])
+    assert table[0]["x_ar"] == 0.25 and table[0]["x_ar_b1"] == 8.0 and table[0]["b1_ms"] == 10.0
