@@ -65,14 +65,17 @@ def _block_view(x: torch.Tensor, reduce: str) -> torch.Tensor:
 
 
 def _block_values(x: torch.Tensor, block: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values of block `block[i]` of each row i, [n, block size], and their token ids (past the end:
-    `fill`)."""
-    vocab = x.shape[1]
+    """The values of block `block[i]` of each row i, [n, block size] (past the end: `fill`), and the
+    token id of each block's first value, [n]: the token at column j is `first + j`."""
+    n, vocab = x.shape
     size = block_size(vocab)
-    index = block.unsqueeze(1) * size + torch.arange(size, device=x.device)
+    first = block * size
+    if vocab % size == 0:  # whole blocks: one row-gather of contiguous slices
+        return x.view(n, vocab // size, size)[torch.arange(n, device=x.device), block], first
+    index = first.unsqueeze(1) + torch.arange(size, device=x.device)
     inside = index < vocab
     index = index.clamp_max(vocab - 1)
-    return torch.where(inside, x.gather(1, index), torch.full_like(index, fill, dtype=x.dtype)), index
+    return torch.where(inside, x.gather(1, index), torch.full_like(index, fill, dtype=x.dtype)), first
 
 
 def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, temperature: float,
@@ -85,19 +88,19 @@ def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, t
     block_max = _block_view(x, "max")
     if mask_id is not None:  # SUBS: the mask token is never predicted; drop it from its block's maximum
         size = block_size(x.shape[1])
-        mask_block = torch.full((n,), mask_id // size, dtype=torch.long, device=x.device)
-        values, _ = _block_values(x, mask_block, -math.inf)
-        values[:, mask_id % size] = -math.inf
-        block_max[:, mask_id // size] = values.amax(dim=1)
+        lo, hi = mask_id // size * size, min(mask_id // size * size + size, x.shape[1])
+        parts = [x[:, a:b].amax(dim=1) for a, b in ((lo, mask_id), (mask_id + 1, hi)) if b > a]
+        block_max[:, mask_id // size] = torch.maximum(*parts) if len(parts) == 2 else (
+            parts[0] if parts else torch.full_like(block_max[:, 0], -math.inf))
     top_block = block_max.argmax(dim=1)
     m = block_max.gather(1, top_block.unsqueeze(1)).to(torch.float32)  # [n, 1]
 
     torch.sub(x, m, out=shifted)  # x - m <= 0
     if mask_id is not None:
         shifted[:, mask_id] = -math.inf
-    values, ids = _block_values(shifted, top_block, -math.inf)
+    values, first = _block_values(shifted, top_block, -math.inf)
     best = values.argmax(dim=1, keepdim=True)
-    argmax = ids.gather(1, best).squeeze(1)
+    argmax = first + best.squeeze(1)
     second_in_block = values.scatter(1, best, -math.inf).amax(dim=1)
     second_elsewhere = (block_max.scatter(1, top_block.unsqueeze(1), -math.inf).amax(dim=1, keepdim=True) - m)
     top2 = torch.maximum(second_in_block, second_elsewhere.squeeze(1))  # minus m
@@ -121,13 +124,13 @@ def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, t
         block = torch.searchsorted(cumulative, target, right=True).clamp_max(cumulative.shape[1] - 1)
         before = torch.where(block > 0, cumulative.gather(1, (block - 1).clamp_min(0)), 0.0)
         share = ((target - before) / block_weights.gather(1, block).clamp_min(1e-300)).clamp(0.0, 1.0)
-        weights, ids = _block_values(draw, block.squeeze(1), 0.0)
+        weights, first = _block_values(draw, block.squeeze(1), 0.0)
         within = weights.to(torch.float64).cumsum(dim=1)
         pick = torch.searchsorted(within, share * within[:, -1:], right=True).clamp_max(within.shape[1] - 1)
         # rounding at the very end of a row can point past the last token with weight: take that token
         last = (weights > 0).to(torch.int64).cumsum(dim=1).argmax(dim=1, keepdim=True)
         pick = torch.where(weights.gather(1, pick) > 0, pick, last)
-        proposal = ids.gather(1, pick).squeeze(1)
+        proposal = first + pick.squeeze(1)
     sampled_weight = expd.gather(1, proposal.unsqueeze(1)).squeeze(1).to(torch.float64)
     confidence = 1.0 / z_stats
     sampled_prob = sampled_weight / z_stats

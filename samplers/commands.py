@@ -65,14 +65,16 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
         default="ancestral",
         choices=list(PRESETS),
         help="a named sampler (policy + schedule): ancestral (MDLM, default), dilated (far-apart "
-        "tokens first), llada, dream, fast-dllm, eb, learned (both from the model's scheduler_config.json)",
+        "tokens first), llada, dream, fast-dllm (each as its reference's generate: blocks from the "
+        "prompt's end, its counts and confidence), eb, learned (both from the model's scheduler_config.json)",
     )
     parser.add_argument(
         "--policy",
         default=None,
         choices=list(POLICY_NAMES),
         help="which tokens to reveal, overriding the sampler's: random, dilated (a fixed order that "
-        "never reveals neighbours together while gaps remain), confidence, margin, entropy (top-k), "
+        "never reveals neighbours together while gaps remain), confidence (the sampled token's "
+        "probability, as LLaDA), top1 (the most likely token's), margin, entropy (top-k), "
         "threshold (Fast-dLLM), eb (entropy-bounded), learned",
     )
     parser.add_argument(
@@ -80,11 +82,12 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         choices=[*SCHEDULE_NAMES, "learned"],
         help="how many tokens per step, overriding the sampler's: loglinear, linear, cosine, "
-        "geometric (doubling each step; pairs with --policy dilated), ancestral (random counts, MDLM) "
-        "or learned",
+        "geometric (doubling each step; pairs with --policy dilated), ancestral (random counts, MDLM), "
+        "even (LLaDA's split per block), dream (Dream's int(M(1 - s/t))), cap (only what the policy "
+        "accepts, the rest at the block's last step) or learned",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.9, help="--policy threshold: top-1 probability (0.9)"
+        "--threshold", type=float, default=0.9, help="--policy threshold: the sampled token's probability at or above which it is revealed (0.9)"
     )
     parser.add_argument(
         "--fallback",
@@ -100,7 +103,8 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
         "--block-size",
         type=int,
         default=None,
-        help="semi-autoregressive blocks of this many tokens, filled left to right",
+        help="semi-autoregressive blocks of this many tokens, filled left to right from where the "
+        "prompt ends; the step budget is split over them (LLaDA's block_length)",
     )
     parser.add_argument(
         "--prompt",

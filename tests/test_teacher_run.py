@@ -89,7 +89,7 @@ def test_resume_with_a_config_that_does_not_fit_is_refused(tmp_path):
     with pytest.raises(RunError, match="model.hidden_size: 32 -> 64"):
         train_teacher(changed, resume=True)
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
-    with pytest.raises(RunError, match="no checkpoint to resume"):
+    with pytest.raises(RunError, match="no checkpoint there to continue from"):
         train_teacher(cfg_for(tmp_path / "empty", "logger.wandb.mode=disabled"), resume=True)
 
 
