@@ -158,7 +158,9 @@ def torch_token_stats(logits: torch.Tensor, rows: torch.Tensor, uniform: torch.T
         raise ValueError("sampling at temperature > 0 needs a uniform per position")
     flat = logits.flatten(0, 1)  # a view, also of a padded vocabulary's slice: rows may be strided
     flat_u = uniform.reshape(-1) if uniform is not None else None
-    chunk = max(1, min(chunk_elements, max(vocab, logits.numel() // 8)) // vocab)
+    # chunks bounded by 16 MB and by an eighth of the logits, but never under 1M elements: small steps
+    # (a short vocabulary) run in one chunk, as per-chunk overhead would dominate them
+    chunk = max(1, min(chunk_elements, max(vocab, logits.numel() // 8, 1 << 20)) // vocab)
     chunk = min(chunk, batch * length)
     shifted = torch.empty(chunk, vocab, dtype=torch.float32, device=device)
     expd = torch.empty_like(shifted)
