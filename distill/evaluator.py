@@ -7,6 +7,7 @@ decoding with a KV cache, is the autoregressive baseline that diffusion students
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -39,7 +40,7 @@ from fewstep.distill.teacher import NonFiniteLossError, warmup_cosine
 from fewstep.kernels.stats import draw_tokens
 
 __all__ = ["EvaluatorModelConfig", "EvaluatorRunConfig", "ARModule", "train_evaluator", "load_evaluator",
-           "generative_nll", "ar_sample"]
+           "generative_nll", "ar_sample", "decode_step"]
 
 
 @dataclass
@@ -227,6 +228,23 @@ def generative_nll(evaluator: Evaluator, tokens: torch.Tensor, batch_size: int =
     return {"gen_nll": nll, "gen_ppl": math.exp(min(nll, 50.0))}
 
 
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword that takes the KV cache: `past_key_values` in transformers 4.x (whose forward also
+    takes **kwargs, so a `cache=` there is swallowed and every token is decoded without context),
+    `cache` in the 5.x releases that deprecate the old name."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def decode_step(model: torch.nn.Module, token: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """One KV-cached decoding step: the next-token logits [batch, V] after `token` [batch, 1] and the
+    grown cache (None before the first token)."""
+    extra = {_cache_keyword(model): cache} if cache is not None else {}
+    result = model(input_ids=token, use_cache=True, **extra)
+    grown = getattr(result, "past_key_values", None)
+    return result.logits[:, -1], grown if grown is not None else result.cache
+
+
 @torch.no_grad()
 def ar_sample(evaluator: Evaluator, num_samples: int, seq_len: int, seed: int = 0, batch_size: int | None = None,
               exclude: int | None = None) -> tuple[torch.Tensor, float]:
@@ -243,11 +261,9 @@ def ar_sample(evaluator: Evaluator, num_samples: int, seq_len: int, seed: int = 
         token = torch.full((batch, 1), evaluator.start_id, dtype=torch.long, device=device)
         cache, out = None, []
         for _ in range(seq_len):
-            result = model(input_ids=token, cache=cache, use_cache=True) if cache is not None else \
-                model(input_ids=token, use_cache=True)
-            cache = result.past_key_values if hasattr(result, "past_key_values") else result.cache
+            logits, cache = decode_step(model, token, cache)
             u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
-            token = draw_tokens(result.logits[:, -1], u, mask_id=exclude).unsqueeze(1)
+            token = draw_tokens(logits, u, mask_id=exclude).unsqueeze(1)
             out.append(token)
         chunks.append(torch.cat(out, dim=1))
     if device.type == "cuda":
