@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "MarkovConfig",
+    "AnagramConfig",
     "ModelConfig",
     "DiffusionConfig",
     "OptimConfig",
@@ -57,6 +58,25 @@ class MarkovConfig:
             raise ConfigError(f"data.markov.branching must be in [1, num_states={self.num_states}]")
 
 
+ANAGRAM_LETTERS = 26  # the alphabet the `anagram` task draws its letters from: a-z
+
+
+@dataclass
+class AnagramConfig:
+    """The embedded `anagram` task: a set of distinct letters as the prompt, any ordering of them as the answer."""
+
+    min_letters: int = 3  # letters per prompt, drawn uniformly from [min_letters, max_letters]
+    max_letters: int = 6
+    alphabet: int = 12  # the first `alphabet` letters of a-z
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.alphabet <= ANAGRAM_LETTERS:
+            raise ConfigError(f"data.anagram.alphabet={self.alphabet} must be in [2, {ANAGRAM_LETTERS}] (letters a-z)")
+        if not 2 <= self.min_letters <= self.max_letters <= self.alphabet:
+            raise ConfigError(f"data.anagram needs 2 <= min_letters ({self.min_letters}) <= max_letters "
+                              f"({self.max_letters}) <= alphabet ({self.alphabet})")
+
+
 MAX_SEQ_LEN = 65_536  # tokens per sequence; far above any model fewstep distils, far below an allocator failure
 
 
@@ -64,23 +84,36 @@ MAX_SEQ_LEN = 65_536  # tokens per sequence; far above any model fewstep distils
 class DataConfig:
     """Where tokens come from, how long a sequence is, and how the data is split."""
 
-    source: str = "markov"  # markov | stdlib | text | jsonl | hf
+    source: str = "markov"  # markov | anagram | stdlib | text | jsonl | hf
     path: str | None = None  # text / jsonl file, or a Hugging Face dataset name for `hf`
     text_field: str = "text"  # jsonl / hf field that holds the document
+    # jsonl prompt/response data: one example per line, one row of seq_len each (prompt, response, EOS fill);
+    # the loss counts the response only. `prompted` reads prompt_field/response_field; messages_field (chat
+    # messages rendered by the tokenizer's chat template, the last one the assistant's answer) implies it.
+    prompted: bool = False
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str | None = None
     hf_config: str | None = None  # Hugging Face dataset config name
     hf_split: str = "train"
     seq_len: int = 64
     tokenizer: str | None = None  # tokenizer.json or a directory with one; trained when absent
     vocab_size: int = 2048  # BPE vocabulary size when a tokenizer is trained
     max_bytes: int = 4_000_000  # cap on corpus bytes read (stdlib / text / jsonl / hf); 0 = no cap
-    num_train: int = 20_000  # markov: training sequences
-    num_val: int = 512  # markov: validation sequences
+    num_train: int = 20_000  # markov / anagram: training sequences
+    num_val: int = 512  # markov / anagram: validation sequences
     val_fraction: float = 0.05  # corpora: fraction of documents held out (by a hash of their text)
-    seed: int = 0  # markov: seed of the sampled sequences
+    seed: int = 0  # markov / anagram: seed of the sampled sequences
     markov: MarkovConfig = field(default_factory=MarkovConfig)
+    anagram: AnagramConfig = field(default_factory=AnagramConfig)
+
+    @property
+    def is_prompted(self) -> bool:
+        """Whether examples are prompt/response pairs (the loss on the response only)."""
+        return self.source == "anagram" or (self.source == "jsonl" and (self.prompted or bool(self.messages_field)))
 
     def __post_init__(self) -> None:
-        sources = ("markov", "stdlib", "text", "jsonl", "hf")
+        sources = ("markov", "anagram", "stdlib", "text", "jsonl", "hf")
         if self.source not in sources:
             raise ConfigError(f"data.source={self.source!r} is not one of {', '.join(sources)}")
         if not 2 <= self.seq_len <= MAX_SEQ_LEN:
@@ -93,6 +126,15 @@ class DataConfig:
                 f"data.source={self.source} needs data.path (a file, or a dataset name for hf); "
                 f"pass it as data.path=..."
             )
+        if (self.prompted or self.messages_field) and self.source != "jsonl":
+            raise ConfigError(f"data.prompted / data.messages_field read prompt/response pairs from a jsonl file, "
+                              f"not data.source={self.source}; use data.source=jsonl (data.source=anagram is "
+                              "prompted by itself)")
+        if self.source == "anagram" and self.seq_len < 2 * self.anagram.max_letters + 2:
+            raise ConfigError(f"data.seq_len={self.seq_len} cannot hold an anagram of {self.anagram.max_letters} "
+                              f"letters (prompt: the letters and '=', response: the letters and at least one EOS); "
+                              f"use data.seq_len={2 * self.anagram.max_letters + 2} or more, or lower "
+                              "data.anagram.max_letters")
 
 
 @dataclass

@@ -43,6 +43,8 @@ __all__ = [
     "stdlib_files",
     "token_stream",
     "train_tokenizer",
+    "encode_texts",
+    "validation_flags",
 ]
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", MASK_TOKEN)  # ids 0..3 of a trained tokenizer, in this order
@@ -241,7 +243,15 @@ def _bucket(doc: str) -> float:
 
 def split_documents(documents: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """Train/validation by a hash of each document's text; both non-empty when there are >= 2 distinct ones."""
-    buckets = [_bucket(d) for d in documents]
+    is_val = validation_flags(documents, val_fraction)
+    train = [d for d, v in zip(documents, is_val) if not v]
+    val = [d for d, v in zip(documents, is_val) if v]
+    return train, val
+
+
+def validation_flags(keys: list[str], val_fraction: float) -> list[bool]:
+    """Whether each key's item is held out, by a hash of the key; both sides non-empty with >= 2 distinct keys."""
+    buckets = [_bucket(k) for k in keys]
     is_val = [b < val_fraction for b in buckets]
     if len(set(buckets)) >= 2:  # move every copy of the nearest document across, so copies never straddle
         if not any(is_val):
@@ -250,9 +260,7 @@ def split_documents(documents: list[str], val_fraction: float) -> tuple[list[str
         elif all(is_val):
             highest = max(buckets)
             is_val = [b != highest for b in buckets]
-    train = [d for d, v in zip(documents, is_val) if not v]
-    val = [d for d, v in zip(documents, is_val) if v]
-    return train, val
+    return is_val
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
@@ -303,7 +311,21 @@ def load_tokenizer(path: str | Path):
                         "the tokenizer again")
     specials = {"pad_token": "[PAD]", "bos_token": "[BOS]", "eos_token": "[EOS]", "mask_token": MASK_TOKEN}
     tokenizer.add_special_tokens({k: v for k, v in specials.items() if v in vocab})  # already in vocab: no new ids
+    template = _chat_template(file.parent / "tokenizer_config.json") if given.is_dir() else None
+    if template is not None:
+        tokenizer.chat_template = template
     return tokenizer
+
+
+def _chat_template(config: Path) -> str | None:
+    """The `chat_template` string of a tokenizer_config.json beside a tokenizer.json, if it has one."""
+    if not config.is_file():
+        return None
+    try:
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise DataError(f"{config} is not a JSON object that can be read ({error}); fix or remove it") from error
+    return template if isinstance(template, str) else None
 
 
 def _vocab_hash(tokenizer) -> str:
@@ -311,32 +333,36 @@ def _vocab_hash(tokenizer) -> str:
 
 
 # ------------------------------------------------------------------------------------------ packing
-def token_stream(documents: list[str], tokenizer) -> torch.Tensor:
-    """All documents as one int64 stream `[BOS] doc [EOS] ...`, tokenised in one batch."""
+def encode_texts(texts: list[str], tokenizer, specials_as_text: bool = True) -> list[list[int]]:
+    """Each text's token ids (no added specials, no truncation or padding), in one batch.
+
+    `specials_as_text`: text that spells a special token ("[MASK]" in a docstring) is tokenised as text,
+    so the data never holds a mask id; off for text whose special tokens are meant (a chat template's).
+    """
     from tokenizers import Tokenizer
 
-    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    stream: list[int] = []
     if getattr(tokenizer, "backend_tokenizer", None) is None:  # a slow (Python) tokenizer, e.g. Dream's
         # split_special_tokens keeps most spelled-out special tokens as text; a word-level vocabulary can
         # still map the mask token's spelling to its id, so any mask id left is dropped
         mask = tokenizer.mask_token_id
-        encoded = tokenizer(documents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        for ids in encoded:
-            stream += head
-            stream += [i for i in ids if i != mask]
-            stream += tail
-        return torch.tensor(stream, dtype=torch.long)
-    # A private copy: no truncation or padding a saved tokenizer may carry, and text that spells a
-    # special token ("[MASK]" in a docstring) is tokenised as text, so the data never holds a mask id.
+        encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=specials_as_text)["input_ids"]
+        return [[i for i in ids if i != mask] if specials_as_text else list(ids) for ids in encoded]
+    # a private copy: no truncation or padding a saved tokenizer may carry
     core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     core.no_truncation()
     core.no_padding()
-    core.encode_special_tokens = True
-    for encoding in core.encode_batch(documents, add_special_tokens=False):
+    core.encode_special_tokens = specials_as_text
+    return [encoding.ids for encoding in core.encode_batch(texts, add_special_tokens=False)]
+
+
+def token_stream(documents: list[str], tokenizer) -> torch.Tensor:
+    """All documents as one int64 stream `[BOS] doc [EOS] ...`, tokenised in one batch."""
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for ids in encode_texts(documents, tokenizer):
         stream += head
-        stream += encoding.ids
+        stream += ids
         stream += tail
     return torch.tensor(stream, dtype=torch.long)
 

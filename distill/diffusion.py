@@ -6,6 +6,8 @@ The continuous-time NELBO with the SUBS parametrisation (Sahoo et al. 2024) is
     E_t [ -alpha'(t) / (1 - alpha(t)) * sum_{i masked in z_t} -log p_theta(x_i | z_t) ],
 
 which for exact conditionals equals -log p(x) (it averages the chain rule over random orders).
+With a prompt (`prompt_len`, one per sequence), the prompt's positions are never masked and never
+counted: the same sum over the response's positions is -log p(response | prompt).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "sample_t",
     "forward_process",
     "nelbo_per_position",
+    "response_mask",
     "subs_log_probs",
     "exclude_mask",
 ]
@@ -117,12 +120,22 @@ def sample_t(batch: int, antithetic: bool = True, t_min: float = 1e-3, generator
     return (t_min + (1.0 - t_min) * u).to(device=device, dtype=torch.float32)
 
 
+def response_mask(prompt_len: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[batch, seq_len] True at each sequence's response positions (at and after its prompt length)."""
+    positions = torch.arange(seq_len, device=prompt_len.device)
+    return positions.unsqueeze(0) >= prompt_len.unsqueeze(-1)
+
+
 def forward_process(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
-                    generator: NoiseSource = None) -> torch.Tensor:
-    """z_t: each token independently replaced by the mask with probability 1 - alpha(t)."""
+                    generator: NoiseSource = None, prompt_len: torch.Tensor | None = None) -> torch.Tensor:
+    """z_t: each token independently replaced by the mask with probability 1 - alpha(t); with
+    `prompt_len` [batch], a sequence's first `prompt_len` tokens are never masked (the same draws)."""
     keep = schedule.alpha(t.to(torch.float64)).unsqueeze(-1)
     u = uniform(x0.shape, generator, x0.device)
-    return torch.where(u < keep.to(x0.device), x0, torch.full_like(x0, mask_id))
+    masked = u >= keep.to(x0.device)
+    if prompt_len is not None:
+        masked &= response_mask(prompt_len.to(x0.device), x0.shape[1])
+    return torch.where(masked, torch.full_like(x0, mask_id), x0)
 
 
 def exclude_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -142,12 +155,16 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch
 
 
 def nelbo_per_position(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                       schedule: NoiseSchedule, mask_id: int) -> torch.Tensor:
-    """The NELBO integrand per position, [batch, seq_len]: weight(t) * CE on masked positions, 0 elsewhere.
+                       schedule: NoiseSchedule, mask_id: int, prompt_len: torch.Tensor | None = None) -> torch.Tensor:
+    """The NELBO integrand per position, [batch, seq_len]: weight(t) * CE on masked positions, 0 elsewhere
+    (and 0 on the prompt's positions when `prompt_len` is given, whatever `z` holds there).
 
-    Its sum over positions, averaged over t, is the NELBO of each sequence in nats.
+    Its sum over positions, averaged over t, is the NELBO of each sequence (of its response) in nats.
     """
     logits = exclude_mask(logits if logits.dtype == torch.float64 else logits.float(), mask_id)
     ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
     weight = schedule.weight(t.to(torch.float64)).to(ce.dtype).unsqueeze(-1)
-    return torch.where(z == mask_id, weight * ce, torch.zeros_like(ce))
+    counted = z == mask_id
+    if prompt_len is not None:
+        counted &= response_mask(prompt_len.to(z.device), z.shape[1])
+    return torch.where(counted, weight * ce, torch.zeros_like(ce))

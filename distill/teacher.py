@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from fewstep.distill.config import OptimConfig
+from fewstep.distill.data import split_batch
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
 from fewstep.distill.noise import NoiseSource, step_noise
@@ -54,19 +55,26 @@ class TeacherModule(L.LightningModule):
         self.val_seed = val_seed
         self.seed = seed
 
-    def nelbo(self, x0: torch.Tensor, generator: NoiseSource = None) -> torch.Tensor:
-        """Mean NELBO per token (nats) of a batch, one t per sequence."""
+    def nelbo(self, x0: torch.Tensor, generator: NoiseSource = None, prompt_len: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Mean NELBO per token (nats) of a batch, one t per sequence; with `prompt_len`, per response token
+        (the prompt is never masked and never counted)."""
         t = sample_t(x0.shape[0], self.antithetic, generator=generator, device=x0.device)
-        z = forward_process(x0, t, self.schedule, self.denoiser.mask_id, generator=generator)
+        z = forward_process(x0, t, self.schedule, self.denoiser.mask_id, generator=generator, prompt_len=prompt_len)
         logits = self.denoiser(z, t)
-        return nelbo_per_position(logits, x0, z, t, self.schedule, self.denoiser.mask_id).mean()
+        per_position = nelbo_per_position(logits, x0, z, t, self.schedule, self.denoiser.mask_id, prompt_len)
+        if prompt_len is None:
+            return per_position.mean()
+        response_tokens = (x0.shape[1] - prompt_len).sum().clamp_min(1)
+        return per_position.sum() / response_tokens
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> torch.Tensor:
+        tokens, prompt_len = split_batch(batch)
         # noise fixed by (seed, step, position in the global batch): resumed and data-parallel runs
         # draw exactly what an uninterrupted single-process run draws
-        noise = step_noise(self.seed, self.global_step, batch.shape[0], self.global_rank, self.trainer.world_size,
-                           batch.device)
-        loss = self.nelbo(batch, generator=noise)
+        noise = step_noise(self.seed, self.global_step, tokens.shape[0], self.global_rank, self.trainer.world_size,
+                           tokens.device)
+        loss = self.nelbo(tokens, generator=noise, prompt_len=prompt_len)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.global_step}; the last good checkpoint is kept. "
