@@ -173,7 +173,11 @@ class DiffusionConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up, then constant or cosine decay; EMA of the weights."""
+    """AdamW with linear warm-up, then constant or cosine decay; EMA of the weights.
+
+    `ema` is the EMA's decay (0 disables it); with `ema_warmup` the decay of update t is
+    min(ema, (1 + t) / (10 + t)), so a short run's average does not still hold its first weights.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -183,6 +187,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # 0 disables
     ema: float = 0.999  # 0 disables EMA
+    ema_warmup: bool = True  # decay of update t: min(ema, (1 + t) / (10 + t))
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):

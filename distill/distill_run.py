@@ -142,7 +142,7 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
     meta = {"noise_schedule": schedule_name, "noise_eps": schedule.eps, "seq_len": data.train.shape[1],
             "data": asdict(cfg.data), "data_fingerprint": data.fingerprint, "teacher": str(cfg.teacher.path)}
     del teacher  # the module owns the teacher now; no second reference keeps a replaced one alive
-    ema = SubmoduleEMA("student", cfg.optim.ema) if cfg.optim.ema > 0 else None
+    ema = SubmoduleEMA("student", cfg.optim.ema, cfg.optim.ema_warmup) if cfg.optim.ema > 0 else None
     rounds = RoundCallback(cfg, data, original, meta, ema)
     total = cfg.rounds.count * cfg.rounds.steps_per_round
     checkpoints = out_dir / "checkpoints"

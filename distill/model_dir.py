@@ -44,7 +44,8 @@ _REQUIRED = {"format": (str,), "mask_id": (int,), "vocab_size": (int,)}
 _OPTIONAL = {"family": (str, type(None)), "time_conditioning": (bool,), "seq_len": (int,), "steps": (int,),
              "noise_schedule": (str,), "noise_eps": (int, float), "sampler": (str,), "schedule": (str,),
              "data": (dict, type(None)), "data_fingerprint": (str, type(None)), "checksums": (dict,),
-             "tokenizer_fingerprint": (str,), "remote_code": (bool,), "trust_remote_code": (bool,)}
+             "tokenizer_fingerprint": (str,), "remote_code": (bool,), "trust_remote_code": (bool,),
+             "weights": (str,), "val_nelbo": (dict,)}  # which weights were exported (ema | raw) and why
 
 
 @dataclass

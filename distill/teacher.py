@@ -11,6 +11,7 @@ from fewstep.distill.config import OptimConfig
 from fewstep.distill.data import split_batch
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
+from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.noise import NoiseSource, step_noise
 from fewstep.distill.runtime import clip_gradients
 
@@ -36,17 +37,21 @@ def warmup_cosine(warmup: int, total: int, decay: str, min_ratio: float):
 
 
 class TeacherModule(L.LightningModule):
-    """Trains `denoiser` on the NELBO; logs `train/nelbo` and `val/nelbo` in nats per token.
+    """Trains `denoiser` on the NELBO; logs `train/nelbo`, `val/nelbo` and `val/nelbo_raw` in nats per token.
 
-    With `data_entropy` (the exact per-token entropy of the data, known for `markov`) it also logs
-    `val/gap`, the relative excess of the validation NELBO over that optimum.
+    `val/nelbo` is the validation NELBO of the averaged weights (`ema`, a `SubmoduleEMA` of
+    `denoiser`), `val/nelbo_raw` that of the weights the optimiser reached; without an EMA the two
+    are the same. Both see the same masks and times. With `data_entropy` (the exact per-token entropy
+    of the data, known for `markov`) it also logs `val/gap`, the relative excess of `val/nelbo` over
+    that optimum.
     """
 
     def __init__(self, denoiser: Denoiser, schedule: NoiseSchedule, optim: OptimConfig, max_steps: int,
                  antithetic: bool = True, data_entropy: float | None = None, val_seed: int = 1234,
-                 seed: int = 0) -> None:
+                 seed: int = 0, ema: SubmoduleEMA | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self.ema = ema
         self.schedule = schedule
         self.optim = optim
         self.max_steps = max_steps
@@ -83,14 +88,23 @@ class TeacherModule(L.LightningModule):
         self.log("train/nelbo", loss, prog_bar=True, sync_dist=True)
         return loss
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        # the same masks and times at every validation, so curves are comparable across steps
-        noise = step_noise(self.val_seed, batch_idx, batch.shape[0], self.global_rank, self.trainer.world_size,
-                           batch.device)
-        loss = self.nelbo(batch, generator=noise)
-        self.log("val/nelbo", loss, prog_bar=True, sync_dist=True)
+    def validation_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> None:
+        tokens, prompt_len = split_batch(batch)
+        raw = self._val_nelbo(tokens, batch_idx, prompt_len)
+        averaged = raw
+        if self.ema is not None:
+            with self.ema.applied(self):
+                averaged = self._val_nelbo(tokens, batch_idx, prompt_len)
+        self.log("val/nelbo", averaged, prog_bar=True, sync_dist=True)
+        self.log("val/nelbo_raw", raw, sync_dist=True)
         if self.data_entropy:
-            self.log("val/gap", loss / self.data_entropy - 1.0, sync_dist=True)
+            self.log("val/gap", averaged / self.data_entropy - 1.0, sync_dist=True)
+
+    def _val_nelbo(self, tokens: torch.Tensor, batch_idx: int, prompt_len: torch.Tensor | None) -> torch.Tensor:
+        # the same masks and times at every validation and for both weights, so the figures compare
+        noise = step_noise(self.val_seed, batch_idx, tokens.shape[0], self.global_rank, self.trainer.world_size,
+                           tokens.device)
+        return self.nelbo(tokens, generator=noise, prompt_len=prompt_len)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP-aware

@@ -1,4 +1,8 @@
-"""`fewstep teacher`: build data and denoiser, train with Lightning, export `out_dir/model/`."""
+"""`fewstep teacher`: build data and denoiser, train with Lightning, export `out_dir/model/`.
+
+`model/` holds the better of the run's raw and averaged (EMA) weights by the final validation
+NELBO; `fewstep.json` says which (`weights`) and records both figures (`val_nelbo`).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from fewstep.distill import loader
 from fewstep.distill.config import TeacherRunConfig, save_config
 from fewstep.distill.data import TokenData, build_data
 from fewstep.distill.denoiser import build_denoiser
 from fewstep.distill.diffusion import make_schedule
+from fewstep.distill.ema import SubmoduleEMA, better_weights
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import save_model_dir
 from fewstep.distill.ownership import input_paths
@@ -41,12 +46,15 @@ class TeacherResult:
     out_dir: Path
     model_dir: Path
     steps: int
-    val_nelbo: float | None
+    val_nelbo: float | None  # the exported weights' (see `weights`)
     val_gap: float | None
     train_seconds: float
     data: dict[str, Any]
     num_parameters: int
     is_global_zero: bool = True  # False in the other processes of a data-parallel run
+    weights: str = "raw"  # what model/ holds: "ema" (the averaged weights) or "raw"
+    val_nelbo_ema: float | None = None
+    val_nelbo_raw: float | None = None
 
 
 def model_meta(data: TokenData, cfg: TeacherRunConfig) -> dict[str, Any]:
@@ -82,6 +90,7 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
     atomic_write_text(out_dir / "data.json", json.dumps(data.describe(), indent=2))
 
+    ema = SubmoduleEMA("denoiser", cfg.optim.ema, cfg.optim.ema_warmup) if cfg.optim.ema > 0 else None
     module = TeacherModule(
         denoiser,
         make_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.eps),
@@ -90,6 +99,7 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
         antithetic=cfg.diffusion.antithetic,
         data_entropy=data.stats.get("data_entropy_per_token"),
         seed=cfg.trainer.seed,
+        ema=ema,
     )
     checkpoints = out_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/nelbo", mode="min", save_top_k=1,
@@ -101,8 +111,8 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
                                                  num_workers=cfg.trainer.num_workers)
     val_loader, val_process = loader.eval_loader(data.val, cfg.trainer.batch_size, num_workers=cfg.trainer.num_workers)
     all_callbacks: list[Callback] = [best, last, preemption, position, val_process, *(callbacks or [])]
-    if cfg.optim.ema > 0:
-        all_callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema))
+    if ema is not None:
+        all_callbacks.insert(0, ema)  # first: each step updates the average before any callback saves a checkpoint
     prepare_backbone(denoiser, cfg.trainer)
     trainer = L.Trainer(
         max_steps=cfg.trainer.max_steps,
@@ -131,20 +141,31 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
         trainer.validate(module, val_loader, verbose=False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    raw = metrics.get("val/nelbo_raw")
+    averaged = metrics.get("val/nelbo") if ema is not None else None
+    weights = better_weights(averaged, raw) if ema is not None else "raw"
+    if weights == "ema":
+        denoiser.load_state_dict(ema.averaged_state())
+    chosen = averaged if weights == "ema" else raw
+    scores = {name: value for name, value in (("ema", averaged), ("raw", raw)) if value is not None}
     model_dir = out_dir / "model"
     if trainer.is_global_zero:
-        save_model_dir(denoiser.cpu(), data.tokenizer, model_dir, model_meta(data, cfg))
+        save_model_dir(denoiser.cpu(), data.tokenizer, model_dir,
+                       {**model_meta(data, cfg), "weights": weights, "val_nelbo": scores})
     trainer.strategy.barrier("teacher-exported")  # no process reads model/ before it is written
     finish_loggers(trainer)
     return TeacherResult(
         out_dir=out_dir,
         model_dir=model_dir,
         steps=trainer.global_step,
-        val_nelbo=metrics.get("val/nelbo"),
-        val_gap=metrics.get("val/gap"),
+        val_nelbo=chosen,
+        val_gap=chosen / module.data_entropy - 1.0 if chosen is not None and module.data_entropy else None,
         train_seconds=elapsed,
         data=data.describe(),
         num_parameters=denoiser.num_parameters(),
         is_global_zero=trainer.is_global_zero,
+        weights=weights,
+        val_nelbo_ema=averaged,
+        val_nelbo_raw=raw,
     )
 

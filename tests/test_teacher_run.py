@@ -31,11 +31,16 @@ def test_a_run_writes_everything(tiny_teacher):
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     loaded = load_model_dir(out)
     assert len(loaded.meta["data_fingerprint"]) == 16
-    # the exported model carries the EMA weights, which are what the checkpoint's state_dict holds
-    state = {k.removeprefix("denoiser."): v for k, v in ckpt["state_dict"].items()}
-    ours = loaded.denoiser.state_dict()
-    assert torch.equal(ours["backbone.model.embeddings.tok_embeddings.weight"],
-                       state["backbone.model.embeddings.tok_embeddings.weight"])
+    # the checkpoint's state_dict holds the EMA, current_model_state the raw weights; the export holds the
+    # better of the two by the final validation NELBO, and fewstep.json says which
+    meta = loaded.meta
+    assert meta["weights"] in ("ema", "raw") and set(meta["val_nelbo"]) == {"ema", "raw"}
+    assert meta["weights"] == ("raw" if meta["val_nelbo"]["raw"] < meta["val_nelbo"]["ema"] else "ema")
+    kept = ckpt["state_dict"] if meta["weights"] == "ema" else ckpt["current_model_state"]
+    other = ckpt["current_model_state"] if meta["weights"] == "ema" else ckpt["state_dict"]
+    key = "backbone.model.embeddings.tok_embeddings.weight"
+    ours = loaded.denoiser.state_dict()[key]
+    assert torch.equal(ours, kept[f"denoiser.{key}"]) and not torch.equal(ours, other[f"denoiser.{key}"])
 
 
 def test_wandb_offline_run_holds_the_metrics(tiny_teacher):
@@ -43,7 +48,7 @@ def test_wandb_offline_run_holds_the_metrics(tiny_teacher):
     assert len(runs) == 1
     files = list(runs[0].glob("*.wandb"))
     assert len(files) == 1
-    assert {"train/nelbo", "val/nelbo", "val/gap"} <= history_keys(files[0])
+    assert {"train/nelbo", "val/nelbo", "val/nelbo_raw", "val/gap"} <= history_keys(files[0])
 
 
 class Crash(RuntimeError):
