@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from fewstep.distill.corpus import _jsonl_lines
+from fewstep.distill.data import DataError
 from fewstep.distill.denoiser import Denoiser, ModelError
 from fewstep.distill.io import CheckpointError, OwnershipError, atomic_replace_dir, load_checkpoint
 from fewstep.distill.model_dir import load_model_dir, resolve_model_dir, save_model_dir
 from fewstep.distill.ownership import check_dir, mark_dir
 
-__all__ = ["GENERATION_FILE", "export_model", "Pipeline", "load"]
+__all__ = ["GENERATION_FILE", "export_model", "Pipeline", "load", "read_prompts"]
 
 GENERATION_FILE = "fewstep_generation.json"
 CARRIED = ("scheduler_config.json", "policy_head.safetensors", GENERATION_FILE)
@@ -149,8 +151,15 @@ class Pipeline:
 
     def generate(self, num_samples: int = 1, steps: int | None = None, seed: int = 0,
                  temperature: float | None = None, seq_len: int | None = None,
-                 batch_size: int = 64) -> dict[str, Any]:
-        """Sample with the export's defaults (its tuned sampler and schedule); returns texts, ids and NFE."""
+                 batch_size: int = 64, prompts: list[str] | None = None, chat: bool = False) -> dict[str, Any]:
+        """Sample with the export's defaults (its tuned sampler and schedule); returns texts, ids and NFE.
+
+        With `prompts` (texts), `num_samples` answers per prompt, each up to the model's length and cut at
+        the first end-of-sequence token; `texts` then holds the responses only and `prompts` their prompts.
+        A prompt's answers depend only on (prompt, seed, answer number): the same in any batch, and the
+        same as when it is given alone. `chat`: render each prompt as a user message with the tokenizer's
+        chat template (an error if it has none).
+        """
         from fewstep.samplers.presets import sample_with_spec
 
         steps = steps or int(self.generation["steps"])
@@ -160,11 +169,58 @@ class Pipeline:
         noise_schedule = self.meta.get("noise_schedule", "loglinear")
         if sampler == "ancestral":  # its "schedule" is the noise schedule it was tuned with
             noise_schedule = self.generation.get("schedule", noise_schedule)
+        rows, ids = None, None
+        if prompts is not None:
+            encoded = [self.encode_prompt(text, chat) for text in prompts]
+            rows = [row for row in encoded for _ in range(num_samples)]
+            ids = [k for _ in encoded for k in range(num_samples)]
+            asked = [text for text in prompts for _ in range(num_samples)]
+            num_samples = len(rows)
         out = sample_with_spec(sampler, self.denoiser, num_samples, seq_len, steps, seed=seed,
                                noise_schedule=noise_schedule, meta=self.meta, model_dir=self.directory,
-                               temperature=temperature, batch_size=batch_size)
-        return {"texts": [self.tokenizer.decode(row.tolist()) for row in out.tokens], "tokens": out.tokens,
-                "nfe": out.nfe_per_sequence, "steps": steps}
+                               temperature=temperature, batch_size=batch_size, prompt=rows, sample_ids=ids)
+        result = {"texts": [self.tokenizer.decode(row.tolist()) for row in out.tokens], "tokens": out.tokens,
+                  "nfe": out.nfe_per_sequence, "steps": steps, "tokens_per_forward": out.tokens_per_forward}
+        if rows is not None:
+            responses = [self.response(tokens[len(row):]) for tokens, row in zip(out.tokens, rows)]
+            result.update(texts=[self.tokenizer.decode(r, skip_special_tokens=True) for r in responses],
+                          responses=responses, prompts=asked)
+        return result
+
+    def encode_prompt(self, text: str, chat: bool = False) -> list[int]:
+        """A prompt's token ids, as a user message in the chat template with `chat`."""
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ModelError("the export's tokenizer has no chat template; drop --chat (the prompt is then "
+                                 "used as plain text) or export a model whose tokenizer has one")
+            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                           add_generation_prompt=True, tokenize=True))
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def response(self, tokens: torch.Tensor) -> list[int]:
+        """A generated continuation up to (not including) the first end-of-sequence token."""
+        ids = tokens.tolist()
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+
+
+def read_prompts(path: Path, field: str = "prompt") -> list[str]:
+    """The `field` string of every line of a jsonl file (one JSON object per line; blank lines skipped)."""
+    if not path.is_file():
+        raise DataError(f"--prompts {path} is not a file; give a jsonl file with a {field!r} field on every line")
+    prompts = []
+    for number, line in _jsonl_lines(path, max_bytes=0):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from error
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise DataError(f"{path} line {number} has no string field {field!r}; every line must be an object "
+                            f'like {{"{field}": "..."}}')
+        prompts.append(record[field])
+    if not prompts:
+        raise DataError(f"{path} holds no prompts; give one JSON object per line with a {field!r} field")
+    return prompts
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Pipeline:

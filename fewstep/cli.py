@@ -148,10 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser(
         "generate", help="generate text from an export with its tuned defaults",
-        description="Load an export (fewstep.load) and print samples, one per line as JSON (text, tokens).",
+        description="Load an export (fewstep.load) and print samples, one per line as JSON (text, tokens). With "
+                    "--prompt or --prompts, answer prompts: one JSON object per answer with `prompt` and `text` "
+                    "(the response only, up to the first end-of-sequence token), to standard output or --out. "
+                    "A prompt's answer does not depend on the other prompts in the batch.",
     )
     generate.add_argument("model_dir", metavar="OUT_DIR", help="an export or model directory")
-    generate.add_argument("--num-samples", type=int, default=4, help="how many samples (default 4)")
+    generate.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                          help="a prompt to answer (repeat for several)")
+    generate.add_argument("--prompts", default=None, metavar="FILE.jsonl",
+                          help="prompts to answer, one JSON object per line with a `prompt` field")
+    generate.add_argument("--chat", action="store_true",
+                          help="render each prompt as a user message with the tokenizer's chat template")
+    generate.add_argument("--out", default=None, metavar="FILE.jsonl",
+                          help="write the answers here (a new file; default: standard output)")
+    generate.add_argument("--num-samples", type=int, default=None,
+                          help="how many samples (default 4), or answers per prompt (default 1)")
     generate.add_argument("--steps", type=int, default=None, help="override the export's step count")
     generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     generate.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
@@ -328,14 +340,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from fewstep.distill.config import ConfigError
-    from fewstep.distill.export import load
+    from fewstep.distill.export import load, read_prompts
+    from fewstep.distill.io import atomic_write_text
 
-    if args.steps is not None and args.steps < 1 or args.num_samples < 1:
+    prompted = args.prompt is not None or args.prompts is not None
+    num_samples = args.num_samples if args.num_samples is not None else (1 if prompted else 4)
+    if args.steps is not None and args.steps < 1 or num_samples < 1:
         raise ConfigError("--steps and --num-samples must be at least 1")
+    if args.chat and not prompted:
+        raise ConfigError("--chat renders prompts: give --prompt TEXT or --prompts FILE.jsonl")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists():
+        raise ConfigError(f"--out {out} already exists; give a new file (generate never overwrites one)")
+    prompts = [*(args.prompt or []), *(read_prompts(Path(args.prompts)) if args.prompts else [])]
     pipeline = load(args.model_dir, trust_remote_code=args.trust_remote_code)
-    result = pipeline.generate(num_samples=args.num_samples, steps=args.steps, seed=args.seed)
-    for text, tokens in zip(result["texts"], result["tokens"].tolist()):
-        print(json.dumps({"text": text, "tokens": tokens, "steps": result["steps"]}))
+    result = pipeline.generate(num_samples=num_samples, steps=args.steps, seed=args.seed,
+                               prompts=prompts if prompted else None, chat=args.chat)
+    if prompted:
+        lines = [json.dumps({"prompt": p, "text": t, "tokens": r, "steps": result["steps"]})
+                 for p, t, r in zip(result["prompts"], result["texts"], result["responses"])]
+    else:
+        lines = [json.dumps({"text": t, "tokens": r, "steps": result["steps"]})
+                 for t, r in zip(result["texts"], result["tokens"].tolist())]
+    if out is None:
+        print("\n".join(lines))
+    else:
+        atomic_write_text(out, "".join(line + "\n" for line in lines))
     return 0
 
 

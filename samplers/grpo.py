@@ -72,14 +72,12 @@ def _rollouts(
 
     def hook(step: StepRecord) -> None:
         rows, cols = step.ctx.eligible.nonzero(as_tuple=True)
-        steps_used[step.batch_offset : step.batch_offset + len(step.ctx.eligible)] += step.ctx.eligible.any(
-            1
-        ).float()
+        steps_used[step.rows.cpu()] += step.ctx.eligible.any(1).float().cpu()
         feats = token_features(step.stats, step.ctx, policy.vocab_size)[rows, cols]
         draws, sampling.draws = sampling.draws[rows, cols], None
         records.append(
             (
-                rows + step.batch_offset,
+                step.rows.to(rows.device)[rows],
                 feats.cpu(),
                 step.stats.confidence[rows, cols].float().cpu(),
                 draws.float().cpu(),
@@ -177,9 +175,7 @@ def deployed_reward(
     used = torch.zeros(num)
 
     def hook(step: StepRecord) -> None:
-        used[step.batch_offset : step.batch_offset + len(step.ctx.eligible)] += step.ctx.eligible.any(
-            1
-        ).float()
+        used[step.rows.cpu()] += step.ctx.eligible.any(1).float().cpu()
 
     out = Sampler(schedule, policy).generate(
         model, num, seq_len, steps, seed=seed, batch_size=batch_size, on_step=hook

@@ -62,7 +62,7 @@ def imitation_data(
         rows.append(
             (
                 feats.cpu(),
-                (where[0] + step.batch_offset).cpu(),
+                step.rows.to(where[0].device)[where[0]].cpu(),
                 (where[1] + step.start).cpu(),
                 step.stats.proposal[where].cpu(),
             )

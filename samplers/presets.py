@@ -170,8 +170,12 @@ def sample_with_spec(
     temperature: float = 1.0,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
+    prompt: Any = None,
+    sample_ids: Any = None,
 ) -> SampleOutput:
-    """Sample with the sampler a spec names (`ancestral`: MDLM's sampler under `noise_schedule`)."""
+    """Sample with the sampler a spec names (`ancestral`: MDLM's sampler under `noise_schedule`);
+    `prompt` and `sample_ids` as in `Sampler.generate`."""
     meta = {"noise_schedule": noise_schedule, **(meta or {})}
     sampler = sampler_from_spec(spec, steps, meta, model_dir, temperature)
-    return sampler.generate(model, num_samples, seq_len, steps, seed=seed, batch_size=batch_size, device=device)
+    return sampler.generate(model, num_samples, seq_len, steps, prompt=prompt, seed=seed, batch_size=batch_size,
+                            device=device, sample_ids=sample_ids)

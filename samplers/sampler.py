@@ -27,7 +27,7 @@ from fewstep.samplers.policies import Policy, StepContext
 from fewstep.samplers.schedules import Schedule
 from fewstep.samplers.static_loop import StaticRun
 
-__all__ = ["SampleOutput", "Sampler", "StepRecord", "prepare_prompt", "block_plan", "STATS_AT", "TIEBREAKS"]
+__all__ = ["SampleOutput", "Sampler", "StepRecord", "prepare_prompt", "anchor_groups", "block_plan", "STATS_AT", "TIEBREAKS"]
 
 STATS_AT = ("sample", "one")  # statistics of softmax(logits / T) (Dream), or of softmax(logits) (LLaDA)
 TIEBREAKS = ("random", "first")  # exact ties in a ranking: a random order, or the lowest position
@@ -42,6 +42,7 @@ class SampleOutput:
     nfe: int  # denoiser forward passes (per batch, summed over batches)
     wall_time: float  # seconds
     num_batches: int
+    generated: int | None = None  # positions that were masked at the start, over all samples (the response)
 
     @property
     def nfe_per_sequence(self) -> float:
@@ -50,18 +51,35 @@ class SampleOutput:
 
     @property
     def tokens_per_forward(self) -> float:
-        return self.tokens.shape[1] / max(self.nfe_per_sequence, 1e-9)
+        """Generated tokens (never a prompt's) per forward pass of a sequence."""
+        per_sequence = self.tokens.shape[1] if self.generated is None else self.generated / len(self.tokens)
+        return per_sequence / max(self.nfe_per_sequence, 1e-9)
 
 
 @dataclass
 class StepRecord:
     """What one step saw and did, for hooks (imitation data, tests); tensors over the current block."""
 
-    batch_offset: int  # index of the batch's first sequence
+    rows: torch.Tensor  # [batch] the batch's sample indices (in the order of the tensors' rows)
     start: int  # the block's first position
     stats: StepStats
     ctx: StepContext
     reveal: torch.Tensor  # [batch, width] positions revealed at this step
+
+
+def _prompt_rows(prompt: Any) -> list[torch.Tensor]:
+    """A prompt as a list of 1-D token rows: one sequence, [n, P], or a list of sequences of any lengths."""
+    if isinstance(prompt, (list, tuple)) and prompt and not isinstance(prompt[0], int):
+        rows = [torch.as_tensor(row, dtype=torch.long).cpu() for row in prompt]
+        if any(row.ndim != 1 for row in rows):
+            raise RunError("a list of prompts must hold 1-D token sequences")
+        return rows
+    prompt = torch.as_tensor(prompt, dtype=torch.long).cpu()
+    if prompt.ndim == 1:
+        prompt = prompt.unsqueeze(0)
+    if prompt.ndim != 2:
+        raise RunError(f"a prompt must be one sequence or one per sample; got shape {tuple(prompt.shape)}")
+    return list(prompt)
 
 
 def prepare_prompt(
@@ -69,32 +87,38 @@ def prepare_prompt(
 ) -> torch.Tensor:
     """The starting sequences [num_samples, seq_len]: the prompt's tokens fixed, every other position masked.
 
-    A prompt is a 1-D sequence (shared by every sample) or [num_samples, P]; shorter than `seq_len`
-    it is a prefix; mask ids inside it mark spans to infill.
+    A prompt is a 1-D sequence (shared by every sample), [num_samples, P], or a list of num_samples
+    sequences of different lengths; shorter than `seq_len` it is a prefix; mask ids inside it mark spans
+    to infill.
     """
     start = torch.full((num_samples, seq_len), mask_id, dtype=torch.long)
     if prompt is None:
         return start
-    prompt = torch.as_tensor(prompt, dtype=torch.long).cpu()
-    if prompt.ndim == 1:
-        prompt = prompt.unsqueeze(0)
-    if prompt.ndim != 2 or prompt.shape[0] not in (1, num_samples):
-        raise RunError(
-            f"a prompt must be one sequence or one per sample ({num_samples}); got shape "
-            f"{tuple(prompt.shape)}"
-        )
-    if prompt.shape[1] > seq_len:
-        raise RunError(
-            f"the prompt has {prompt.shape[1]} tokens, longer than seq_len={seq_len}; shorten the "
-            "prompt or raise the sequence length"
-        )
-    bad = (prompt < 0) | (
-        (prompt >= vocab_size) if vocab_size is not None else torch.zeros_like(prompt, dtype=bool)
-    )
-    if bool(bad.any()):
-        raise RunError(f"the prompt holds token ids outside the model's vocabulary [0, {vocab_size})")
-    start[:, : prompt.shape[1]] = prompt
+    rows = _prompt_rows(prompt)
+    if len(rows) not in (1, num_samples):
+        raise RunError(f"a prompt must be one sequence or one per sample ({num_samples}); got {len(rows)}")
+    for i, row in enumerate(rows):
+        if len(row) > seq_len:
+            raise RunError(
+                f"the prompt{f' {i}' if len(rows) > 1 else ''} has {len(row)} tokens, longer than "
+                f"seq_len={seq_len}; shorten the prompt or raise the sequence length"
+            )
+        if bool(((row < 0) | ((row >= vocab_size) if vocab_size is not None else False)).any()):
+            raise RunError(f"the prompt holds token ids outside the model's vocabulary [0, {vocab_size})")
+        if len(rows) == 1:
+            start[:, : len(row)] = row
+        else:
+            start[i, : len(row)] = row
     return start
+
+
+def anchor_groups(start_tokens: torch.Tensor, mask_id: int) -> list[tuple[int, torch.Tensor]]:
+    """Rows grouped by their first masked position (where a prompt ends and the first block starts),
+    in increasing order: [(anchor, row indices)]; one group when every prompt has the same length."""
+    masked = start_tokens == mask_id
+    seq_len = start_tokens.shape[1]
+    anchors = torch.where(masked.any(dim=1), masked.to(torch.int8).argmax(dim=1), seq_len)
+    return [(int(a), (anchors == a).nonzero().squeeze(1)) for a in torch.unique(anchors)]
 
 
 def block_plan(seq_len: int, steps: int, block_size: int | None, start: int = 0) -> list[tuple[int, int, int]]:
@@ -171,12 +195,17 @@ class Sampler:
         on_step: Callable[[StepRecord], None] | None = None,
         static: bool = False,
         cuda_graph: bool = False,
+        sample_ids: Any = None,
     ) -> SampleOutput:
         """Draw `num_samples` sequences in at most `steps` forward passes each; reproducible for a `seed`.
 
         `static`: the loop without host synchronisation (`fewstep.samplers.static_loop`): the same
         tokens, every step a forward pass. `cuda_graph` (implies `static`, CUDA + Triton): the whole loop
-        captured once per batch shape and replayed.
+        captured once per batch shape and replayed. `prompt`: see `prepare_prompt`; prompts of different
+        lengths run in groups of equal length, each with its blocks from its own prompt's end.
+        `sample_ids`: each sample's index in the seed's random streams (default 0 .. num_samples - 1); a
+        sample's tokens depend only on (model, prompt, seed, its id), never on the rest of the batch, so a
+        prompt given id 0 gets the answer it gets alone.
         """
         if steps < 1:
             raise RunError(f"steps must be at least 1, got {steps}")
@@ -193,37 +222,42 @@ class Sampler:
         start_tokens = prepare_prompt(
             prompt, num_samples, seq_len, mask_id, getattr(model, "vocab_size", None)
         )
-        masked_any = (start_tokens == mask_id).any(dim=0)
-        first_masked = int(masked_any.nonzero()[0]) if bool(masked_any.any()) else seq_len
-        plan = block_plan(seq_len, steps, self.block_size, start=min(first_masked, seq_len - 1))
+        ids = torch.arange(num_samples) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
+        if ids.shape != (num_samples,):
+            raise RunError(f"sample_ids must hold one index per sample ({num_samples}), got shape {tuple(ids.shape)}")
         batch_size = batch_size or num_samples
         was_training = model.training
         model.eval()
         began = time.perf_counter()
-        chunks, nfe = [], 0
+        tokens = start_tokens.clone()
+        batches, nfe = 0, 0
         static = static or cuda_graph
         if static and on_step is not None:
             raise RunError("a step hook needs the dynamic loop; drop static / cuda_graph to use on_step")
         try:
-            for first in range(0, num_samples, batch_size):
-                z = start_tokens[first : first + batch_size].to(device)
-                keys = sequence_keys(seed, torch.arange(first, first + len(z), device=device))
-                if static:
-                    tokens, used = self._static_run(model, plan, mask_id, z, device, cuda_graph)(z, keys), steps
-                else:
-                    tokens, used = self._run_batch(model, z, plan, mask_id, keys, first, on_step)
-                chunks.append(tokens)
-                nfe += used
+            for anchor, group in anchor_groups(start_tokens, mask_id):  # each prompt length its own blocks
+                plan = block_plan(seq_len, steps, self.block_size, start=min(anchor, seq_len - 1))
+                for first in range(0, len(group), batch_size):
+                    rows = group[first : first + batch_size]
+                    z = start_tokens[rows].to(device)
+                    keys = sequence_keys(seed, ids[rows].to(device))
+                    if static:
+                        out, used = self._static_run(model, plan, mask_id, z, device, cuda_graph)(z, keys), steps
+                    else:
+                        out, used = self._run_batch(model, z, plan, mask_id, keys, rows, on_step)
+                    tokens[rows] = out.cpu()
+                    batches, nfe = batches + 1, nfe + used
         finally:
             model.train(was_training)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return SampleOutput(
-            tokens=torch.cat(chunks).cpu(),
+            tokens=tokens,
             steps=steps,
             nfe=nfe,
             wall_time=time.perf_counter() - began,
-            num_batches=len(chunks),
+            num_batches=batches,
+            generated=int((start_tokens == mask_id).sum()),
         )
 
     def _static_run(self, model: nn.Module, plan: list[tuple[int, int, int]], mask_id: int, z: torch.Tensor,
@@ -255,7 +289,7 @@ class Sampler:
         plan: list[tuple[int, int, int]],
         mask_id: int,
         keys: torch.Tensor,
-        offset: int,
+        rows: torch.Tensor,
         on_step: Callable[[StepRecord], None] | None,
     ) -> tuple[torch.Tensor, int]:
         batch, seq_len = z.shape
@@ -299,7 +333,7 @@ class Sampler:
                     reveal = self._choose(None, ctx, counts)
                     stats = self._stats(logits, reveal, start, end, keys, step_index - 1, mask_id, hooked)
                 if on_step is not None:
-                    on_step(StepRecord(batch_offset=offset, start=start, stats=stats, ctx=ctx, reveal=reveal))
+                    on_step(StepRecord(rows=rows, start=start, stats=stats, ctx=ctx, reveal=reveal))
                 if bool(reveal.any()):
                     z = z.clone()
                     z[:, start:end] = torch.where(reveal, stats.proposal, z[:, start:end])

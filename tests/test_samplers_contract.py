@@ -110,7 +110,8 @@ def test_sampler_contract(name, chain):
     assert out.nfe_per_sequence <= STEPS
     if name not in EARLY_STOP:
         assert out.nfe_per_sequence == STEPS
-    assert out.tokens_per_forward >= L / STEPS
+    assert out.generated == 6 * (L - 2)  # the infilled and appended positions, never the prompt's
+    assert out.tokens_per_forward >= (L - 2) / STEPS
     # reproducible with a seed, different with another
     again = sampler.generate(Recording(chain), 6, L, STEPS, prompt=prompt, seed=11, batch_size=4)
     other = sampler.generate(Recording(chain), 6, L, STEPS, prompt=prompt, seed=12, batch_size=4)
