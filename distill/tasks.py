@@ -19,10 +19,11 @@ import string
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
 from fewstep.distill.config import AnagramConfig
 
-__all__ = ["AnagramTask", "EQUALS", "char_tokenizer", "CHAR_SPECIALS"]
+__all__ = ["AnagramOracle", "AnagramTask", "EQUALS", "char_tokenizer", "CHAR_SPECIALS"]
 
 CHAR_SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")  # ids 0-3, as a trained corpus tokenizer has them
 EQUALS = "="  # ends every prompt
@@ -115,3 +116,39 @@ class AnagramTask:
 
     def describe(self) -> dict:
         return {"task": self.name, **asdict(self.cfg)}
+
+
+class AnagramOracle(nn.Module):
+    """The exact denoiser of `anagram`: at each masked answer position, uniform over the prompt's letters
+    not yet placed in the answer (EOS past the answer's end), so a sampler's errors are its own."""
+
+    time_conditioning = False
+
+    def __init__(self, task: AnagramTask) -> None:
+        super().__init__()
+        self.mask_id = task.mask_id
+        self.eos_id = task.eos_id
+        self.equals_id = task.vocab[EQUALS]
+        self.letter_ids = torch.tensor([task.vocab[c] for c in string.ascii_lowercase])
+        self.vocab_size = len(task.vocab)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        batch, seq_len = z.shape
+        positions = torch.arange(seq_len, device=z.device)
+        num_letters = (z == self.equals_id).to(torch.int8).argmax(dim=1, keepdim=True)  # the '=' sits after them
+        prompt_end = num_letters + 1
+        is_letter = torch.zeros(self.vocab_size, dtype=torch.bool, device=z.device)
+        is_letter[self.letter_ids.to(z.device)] = True
+        one_hot = nn.functional.one_hot(z, self.vocab_size).double() * is_letter.double()
+        in_prompt = (positions < num_letters).double().unsqueeze(-1)
+        in_answer = ((positions >= prompt_end) & (z != self.mask_id)).double().unsqueeze(-1)
+        prompt_counts = (one_hot * in_prompt).sum(dim=1)
+        left = (prompt_counts - (one_hot * in_answer).sum(dim=1)).clamp_min(0)
+        left = torch.where(left.sum(dim=1, keepdim=True) > 0, left, prompt_counts)  # inconsistent answer so far
+        letter_probs = left / left.sum(dim=1, keepdim=True).clamp_min(1)
+        eos_probs = nn.functional.one_hot(torch.full_like(z[:, 0], self.eos_id), self.vocab_size).double()
+        letter_region = ((positions >= prompt_end) & (positions < prompt_end + num_letters)).unsqueeze(-1)
+        probs = torch.where(letter_region, letter_probs.unsqueeze(1), eos_probs.unsqueeze(1))
+        probs = torch.where((positions < prompt_end).unsqueeze(-1), nn.functional.one_hot(z, self.vocab_size).double(),
+                            probs)
+        return probs.clamp_min(1e-30).log().float()
