@@ -73,11 +73,12 @@ class DataPosition(L.Callback):
         self.sampler.consumed = lambda: trainer.global_step
 
 
-def train_loader(tokens: torch.Tensor, global_batch: int, seed: int = 0,
-                 num_workers: int = 0) -> tuple[DataLoader, DataPosition]:
-    """A shuffled, resumable, rank-sharded loader and the callback that keeps it in place."""
+def train_loader(tokens: torch.Tensor, global_batch: int, seed: int = 0, num_workers: int = 0,
+                 prompt_len: torch.Tensor | None = None) -> tuple[DataLoader, DataPosition]:
+    """A shuffled, resumable, rank-sharded loader and the callback that keeps it in place; with
+    `prompt_len` [N] its batches are `(tokens, prompt_len)`."""
     sampler = GlobalBatchSampler(len(tokens), global_batch, seed)
-    loader = DataLoader(TokenDataset(tokens), batch_sampler=sampler, num_workers=num_workers)
+    loader = DataLoader(TokenDataset(tokens, prompt_len), batch_sampler=sampler, num_workers=num_workers)
     return loader, DataPosition(sampler)
 
 
@@ -93,8 +94,10 @@ class _EvalProcess(L.Callback):
         self.sampler.set_process(trainer.global_rank, world)
 
 
-def eval_loader(tokens: torch.Tensor, global_batch: int, num_workers: int = 0) -> tuple[DataLoader, Any]:
-    """An in-order validation loader (full batches only, shared over processes) and its callback."""
+def eval_loader(tokens: torch.Tensor, global_batch: int, num_workers: int = 0,
+                prompt_len: torch.Tensor | None = None) -> tuple[DataLoader, Any]:
+    """An in-order validation loader (full batches only, shared over processes) and its callback; with
+    `prompt_len`, batches of `(tokens, prompt_len)`."""
     sampler = GlobalBatchSampler(len(tokens), min(global_batch, len(tokens)), shuffle=False)
-    loader = DataLoader(TokenDataset(tokens), batch_sampler=sampler, num_workers=num_workers)
+    loader = DataLoader(TokenDataset(tokens, prompt_len), batch_sampler=sampler, num_workers=num_workers)
     return loader, _EvalProcess(sampler)

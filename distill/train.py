@@ -108,8 +108,9 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
                            every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.trainer.max_steps))
     preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
     train_loader, position = loader.train_loader(data.train, cfg.trainer.batch_size, seed=cfg.trainer.seed,
-                                                 num_workers=cfg.trainer.num_workers)
-    val_loader, val_process = loader.eval_loader(data.val, cfg.trainer.batch_size, num_workers=cfg.trainer.num_workers)
+                                                 num_workers=cfg.trainer.num_workers, prompt_len=data.train_prompt_len)
+    val_loader, val_process = loader.eval_loader(data.val, cfg.trainer.batch_size, num_workers=cfg.trainer.num_workers,
+                                                 prompt_len=data.val_prompt_len)
     all_callbacks: list[Callback] = [best, last, preemption, position, val_process, *(callbacks or [])]
     if ema is not None:
         all_callbacks.insert(0, ema)  # first: each step updates the average before any callback saves a checkpoint
