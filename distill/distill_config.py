@@ -142,6 +142,28 @@ class TrajectoryConfig:
     teacher_steps: int = 0  # 0 = rounds.start_steps * rounds.k
     batch_size: int = 64  # sequences per teacher sampling batch
     entropy_weight: float = 0.5  # weight of the certainty-forcing term
+    # the teacher's sampler (a `fewstep sample --sampler` spec); auto = `llada` (semi-autoregressive blocks,
+    # low-confidence remasking, as the reference teachers answer prompts) on prompted data, else `ancestral`
+    sampler: str = "auto"
+    # the teacher's temperature; None = 0 (greedy, LLaDA's default) on prompted data, else 1
+    temperature: float | None = None
+
+    def resolved(self, prompted: bool) -> tuple[str, float]:
+        """(sampler spec, temperature) for data with or without prompts."""
+        spec = self.sampler if self.sampler != "auto" else ("llada" if prompted else "ancestral")
+        temperature = self.temperature if self.temperature is not None else (0.0 if prompted else 1.0)
+        return spec, temperature
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
+            raise ConfigError(f"trajectory.temperature={self.temperature} must be a finite number >= 0")
+        if self.sampler not in ("auto", "ancestral"):
+            from fewstep.samplers.presets import sampler_from_spec  # samplers import distill (issue 14)
+
+            try:
+                sampler_from_spec(self.sampler, 8)
+            except RunError as error:
+                raise ConfigError(f"trajectory.sampler={self.sampler!r}: {error}") from error
 
 
 @dataclass

@@ -125,16 +125,20 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
         student = apply_lora(student, cfg.student.lora)
     original = copy.deepcopy(teacher.denoiser).eval()
 
-    train_tokens = data.train
+    train_tokens, train_prompt_len = data.train, data.train_prompt_len
     if cfg.method == "trajectory":
         steps = cfg.trajectory.teacher_steps or cfg.rounds.start_steps * cfg.rounds.k
+        spec, temperature = cfg.trajectory.resolved(data.prompted)
         signature = {"teacher": str(cfg.teacher.path), "fingerprint": teacher.meta.get("data_fingerprint"),
                      "steps": steps, "seq_len": data.train.shape[1], "seed": cfg.trainer.seed}
+        if data.prompted or spec != "ancestral" or temperature != 1.0:  # earlier caches stay valid
+            signature.update(sampler=spec, temperature=temperature, data=data.fingerprint)
         device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
-        train_tokens = ensure_trajectories(teacher.denoiser.to(device), out_dir / "trajectories.pt",
-                                           cfg.trajectory.num_trajectories, data.train.shape[1], steps,
-                                           cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
-                                           signature, progress=cfg.trainer.progress)
+        train_tokens, train_prompt_len = ensure_trajectories(
+            teacher.denoiser.to(device), out_dir / "trajectories.pt", cfg.trajectory.num_trajectories,
+            data.train.shape[1], steps, cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
+            signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
+            prompt_len=data.train_prompt_len, spec=spec, temperature=temperature)
         teacher.denoiser.cpu()
 
     module = DistillModule(student, teacher.denoiser, schedule, cfg.method, cfg.loss, cfg.rounds, cfg.optim,
@@ -151,7 +155,7 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
                                  every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.rounds.steps_per_round))
     preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
     loader, position = train_loader(train_tokens, cfg.trainer.batch_size, seed=cfg.trainer.seed,
-                                    num_workers=cfg.trainer.num_workers)
+                                    num_workers=cfg.trainer.num_workers, prompt_len=train_prompt_len)
     prepare_backbone(student, cfg.trainer)
     trainer = L.Trainer(
         max_steps=total,

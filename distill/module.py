@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from fewstep.distill.config import OptimConfig
+from fewstep.distill.data import split_batch
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.diffusion import NoiseSchedule, forward_process
 from fewstep.distill.distill_config import LossConfig, RoundsConfig, TrajectoryConfig
@@ -105,10 +106,13 @@ class DistillModule(L.LightningModule):
         total = self.trainer.strategy.reduce(count.detach().float(), reduce_op="sum")
         return mean * (world * count / total.clamp_min(1.0))
 
-    def sdtt_loss(self, x0: torch.Tensor, generator: NoiseSource) -> torch.Tensor:
+    def sdtt_loss(self, x0: torch.Tensor, generator: NoiseSource, prompt_len: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """The student at z_t against the teacher's k steps; with `prompt_len`, the prompt is never masked,
+        so the teacher's rollouts and the loss are on the response only."""
         steps, k = self.student_steps, self.rounds.k
         t = student_times(x0.shape[0], steps, generator=generator, device=x0.device)
-        z = forward_process(x0, t, self.schedule, self.mask_id, generator=generator)
+        z = forward_process(x0, t, self.schedule, self.mask_id, generator=generator, prompt_len=prompt_len)
         target = sdtt_target(self.teacher, z, t, dt=1.0 / (k * steps), k=k, mask_id=self.mask_id,
                              reveal=ancestral_reveal(self.schedule), generator=generator)
         logits = self.student(z, t.float())
@@ -117,14 +121,15 @@ class DistillModule(L.LightningModule):
         loss = divergence(self.loss_cfg.divergence, target[masked], logits[masked], dtype)
         return self._global_mean(loss, masked.sum())
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        generator = self._noise(batch)
+    def training_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> torch.Tensor:
+        tokens, prompt_len = split_batch(batch)
+        generator = self._noise(tokens)
         if self.method == "sdtt":
-            loss = self.sdtt_loss(batch, generator)
+            loss = self.sdtt_loss(tokens, generator, prompt_len)
             parts = {}
         else:
-            loss, parts = trajectory_loss(self.student, batch, self.schedule, self.mask_id,
-                                          self.trajectory.entropy_weight, generator)
+            loss, parts = trajectory_loss(self.student, tokens, self.schedule, self.mask_id,
+                                          self.trajectory.entropy_weight, generator, prompt_len)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the distillation loss is {loss.item()} at step {self.global_step}; the last good checkpoint is "

@@ -101,8 +101,9 @@ def model_nelbo(model: torch.nn.Module, tokens: torch.Tensor, schedule: str = "l
 
 def sample_quality(tokens: torch.Tensor, data: Any, reference: torch.nn.Module | None = None,
                    schedule: str = "loglinear") -> dict[str, float]:
-    """Exact scores on markov; otherwise the reference model's NELBO of the samples. Entropy always."""
-    if data.task is not None:
+    """Exact scores on markov; otherwise the reference model's NELBO of the samples. Entropy always.
+    (A prompted task's exact score is its accuracy: `fewstep.distill.accuracy`.)"""
+    if data.task is not None and hasattr(data.task, "nll"):
         return markov_quality(data.task, tokens)
     out = {"entropy": unigram_entropy(tokens)}
     if reference is not None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewstep.distill.diffusion import NoiseSchedule, exclude_mask, forward_process, sample_t
+from fewstep.distill.diffusion import NoiseSchedule, exclude_mask, forward_process, response_mask, sample_t
 from fewstep.distill.io import atomic_save
 from fewstep.distill.noise import NoiseSource
 
@@ -26,10 +26,15 @@ __all__ = ["ensure_trajectories", "trajectory_loss"]
 
 def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, steps: int, batch_size: int,
                         seed: int, mask_id: int, schedule: str, signature: dict[str, Any],
-                        progress: bool = True) -> torch.Tensor:
-    """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached.
+                        progress: bool = True, prompts: torch.Tensor | None = None,
+                        prompt_len: torch.Tensor | None = None, spec: str = "ancestral",
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached, and
+    each one's prompt length (None without prompts).
 
-    `signature` identifies the teacher and settings; a cache made with another one is refused.
+    With `prompts` [N, seq_len] and `prompt_len` [N] (training rows), trajectory i is the teacher's answer
+    to prompt i mod N, drawn with the sampler `spec` at `temperature`: the prompt is kept, the response is
+    the teacher's. `signature` identifies the teacher and settings; a cache made with another is refused.
     """
     path = Path(path)
     tokens = torch.empty(0, seq_len, dtype=torch.long)
@@ -41,12 +46,19 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
                 f"{path} holds trajectories made with other settings ({saved}); delete it or use another out_dir"
             )
         tokens = cached["tokens"]
+    lengths = None if prompt_len is None else prompt_len[torch.arange(num) % len(prompt_len)].to(torch.long)
     while len(tokens) < num:
         batch = min(batch_size, num - len(tokens))
         from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
 
-        out = sample_with_spec("ancestral", teacher, batch, seq_len, steps, seed=seed * 1_000_003 + len(tokens),
-                               noise_schedule=schedule)
+        if prompts is None:
+            out = sample_with_spec(spec, teacher, batch, seq_len, steps, seed=seed * 1_000_003 + len(tokens),
+                                   noise_schedule=schedule, temperature=temperature)
+        else:
+            index = torch.arange(len(tokens), len(tokens) + batch)
+            rows = [prompts[i % len(prompts), : int(lengths[i])] for i in index.tolist()]
+            out = sample_with_spec(spec, teacher, batch, seq_len, steps, seed=seed, noise_schedule=schedule,
+                                   temperature=temperature, prompt=rows, sample_ids=index)
         tokens = torch.cat([tokens, out.tokens])
         payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
         atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))
@@ -54,15 +66,19 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
             print(f"\rteacher trajectories: {len(tokens)}/{num}", end="", flush=True)
     if progress and num:
         print()
-    return tokens[:num]
+    return tokens[:num], lengths
 
 
 def trajectory_loss(student: nn.Module, x_hat: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
-                    entropy_weight: float, generator: NoiseSource) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross-entropy to the teacher's tokens under a mask and its complement, plus certainty forcing."""
+                    entropy_weight: float, generator: NoiseSource, prompt_len: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy to the teacher's tokens under a mask and its complement, plus certainty forcing; with
+    `prompt_len`, both masks cover the response only (the prompt is context, never a target)."""
     t = sample_t(x_hat.shape[0], antithetic=True, generator=generator, device=x_hat.device)
-    first = forward_process(x_hat, t, schedule, mask_id, generator=generator)
+    first = forward_process(x_hat, t, schedule, mask_id, generator=generator, prompt_len=prompt_len)
     masked_first = first == mask_id
+    if prompt_len is not None:
+        masked_first |= ~response_mask(prompt_len.to(x_hat.device), x_hat.shape[1])  # the prompt stays
     second = torch.where(masked_first, x_hat, torch.full_like(x_hat, mask_id))
     z = torch.cat([first, second])
     target = torch.cat([x_hat, x_hat])

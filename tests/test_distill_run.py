@@ -125,8 +125,9 @@ def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):
     assert cached.shape == (24, 16) and (cached < 8).all()
     teacher = load_model_dir(tiny_teacher).denoiser
     signature = json.loads(torch.load(out / "trajectories.pt", weights_only=True)["signature"])
-    more = ensure_trajectories(teacher, out / "trajectories.pt", 40, 16, 8, 16, 0, 8, "loglinear", signature,
-                               progress=False)
+    more, lengths = ensure_trajectories(teacher, out / "trajectories.pt", 40, 16, 8, 16, 0, 8, "loglinear",
+                                        signature, progress=False)
+    assert lengths is None  # no prompts
     assert torch.equal(more[:24], cached) and more.shape == (40, 16)  # only the remainder was generated
     with pytest.raises(ValueError, match="other settings"):
         ensure_trajectories(teacher, out / "trajectories.pt", 40, 16, 4, 16, 0, 8, "loglinear",

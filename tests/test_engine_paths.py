@@ -56,8 +56,8 @@ def test_trajectories_and_sdtt_targets_reach_the_kernels_step(tiny_teacher, tmp_
     from fewstep.distill.trajectory import ensure_trajectories
 
     teacher = _loaded(tiny_teacher).denoiser
-    tokens = ensure_trajectories(teacher, tmp_path / "traj.pt", 4, 16, 4, 4, 0, teacher.mask_id, "loglinear",
-                                 {"t": 1}, progress=False)
+    tokens, _ = ensure_trajectories(teacher, tmp_path / "traj.pt", 4, 16, 4, 4, 0, teacher.mask_id, "loglinear",
+                                    {"t": 1}, progress=False)
     assert tokens.shape == (4, 16) and probe
     probe.clear()
     z = torch.full((2, 16), teacher.mask_id)

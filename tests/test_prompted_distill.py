@@ -1,0 +1,143 @@
+"""Conditional distillation (issue 16 item 3): the teacher's own answers to the training prompts, and
+SDTT and trajectory losses with the prompt fixed and counted nowhere."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from conftest import tiny_overrides
+from torch import nn
+
+from fewstep.distill.config import AnagramConfig, DataConfig, TeacherRunConfig, load_config
+from fewstep.distill.data import build_data
+from fewstep.distill.diffusion import make_schedule
+from fewstep.distill.distill_config import DistillRunConfig, TrajectoryConfig
+from fewstep.distill.noise import step_noise
+from fewstep.distill.tasks import AnagramOracle
+from fewstep.distill.trajectory import ensure_trajectories, trajectory_loss
+from fewstep.samplers.presets import sample_with_spec
+
+SMALL_TASK = ["data.source=anagram", "data.seq_len=10", "data.anagram.min_letters=2", "data.anagram.max_letters=4",
+              "data.anagram.alphabet=8", "data.num_train=256", "data.num_val=64", "data.val_fraction=0.2"]
+
+
+def _data():
+    return build_data(DataConfig(source="anagram", seq_len=10, num_train=120, num_val=32, val_fraction=0.2,
+                                 anagram=AnagramConfig(min_letters=2, max_letters=4, alphabet=8)))
+
+
+class Recorder(nn.Module):
+    """A student that records its inputs and returns learnable logits."""
+
+    def __init__(self, vocab: int, mask_id: int) -> None:
+        super().__init__()
+        self.mask_id = mask_id
+        self.table = nn.Parameter(torch.zeros(vocab, vocab))
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, z, t=None):
+        self.inputs.append(z.clone())
+        return self.table[z]
+
+
+def test_trajectories_are_the_teachers_answers_to_the_training_prompts(tmp_path):
+    data = _data()
+    oracle = AnagramOracle(data.task)
+    tokens, lengths = ensure_trajectories(
+        oracle, tmp_path / "t.pt", 50, 10, 16, 16, 3, data.mask_id, "loglinear", {"k": 1}, progress=False,
+        prompts=data.train, prompt_len=data.train_prompt_len, spec="llada", temperature=0.0)
+    assert tokens.shape == (50, 10) and torch.equal(lengths, data.train_prompt_len[:50])
+    for i in range(50):
+        n = int(lengths[i])
+        assert torch.equal(tokens[i, :n], data.train[i, :n])  # the prompt is kept
+    # at one token per forward pass the exact teacher is always right: the answers are its own, valid
+    decode = data.tokenizer.decode
+    for row, n in zip(tokens.tolist(), lengths.tolist()):
+        response = row[n:]
+        response = response[: response.index(data.task.eos_id)] if data.task.eos_id in response else response
+        assert data.task.check(decode(row[:n], skip_special_tokens=True), decode(response, skip_special_tokens=True))
+    # each answer is what the teacher gives that prompt alone (batch and position in the cache do not matter)
+    alone = sample_with_spec("llada", oracle, 1, 10, 16, seed=3, temperature=0.0,
+                             prompt=data.train[7, : int(lengths[7])], sample_ids=[7])
+    assert torch.equal(alone.tokens[0], tokens[7])
+    again, _ = ensure_trajectories(
+        oracle, tmp_path / "t.pt", 50, 10, 16, 16, 3, data.mask_id, "loglinear", {"k": 1}, progress=False,
+        prompts=data.train, prompt_len=data.train_prompt_len, spec="llada", temperature=0.0)
+    assert torch.equal(again, tokens)  # read back from the cache
+
+
+def test_trajectory_loss_masks_and_scores_the_response_only():
+    data = _data()
+    student = Recorder(data.vocab_size, data.mask_id)
+    x = data.train[:16]
+    prompt_len = data.train_prompt_len[:16]
+    noise = step_noise(0, 0, 16, 0, 1, torch.device("cpu"))
+    loss, _ = trajectory_loss(student, x, make_schedule("loglinear"), data.mask_id, 0.5, noise, prompt_len)
+    z = student.inputs[0]
+    first, second = z[:16], z[16:]
+    prompt = torch.arange(10).unsqueeze(0) < prompt_len.unsqueeze(1)
+    assert torch.equal(first[prompt], x[prompt]) and torch.equal(second[prompt], x[prompt])
+    # the two masks are complementary on the response: every response token is a target exactly once
+    assert torch.equal((first == data.mask_id) ^ (second == data.mask_id), ~prompt)
+    loss.backward()
+    prompt_tokens = x[prompt].unique()
+    response_only = set(prompt_tokens.tolist()) - set(x[~prompt].tolist()) - {int(t) for t in z[z != data.mask_id]}
+    assert not response_only  # (every prompt token is also seen as context; nothing to check there)
+    assert torch.isfinite(loss)
+
+
+def test_sdtt_keeps_the_prompt_out_of_the_teachers_rollout_and_the_loss():
+    from fewstep.distill.distill_config import LossConfig, RoundsConfig
+    from fewstep.distill.config import OptimConfig
+    from fewstep.distill.module import DistillModule
+
+    data = _data()
+    teacher = Recorder(data.vocab_size, data.mask_id)
+    student = Recorder(data.vocab_size, data.mask_id)
+    module = DistillModule(student, teacher, make_schedule("loglinear"), "sdtt", LossConfig(),
+                           RoundsConfig(start_steps=4, k=2, count=1, steps_per_round=1), OptimConfig(),
+                           TrajectoryConfig())
+    module._trainer = SimpleNamespace(world_size=1, global_step=0)  # the one-process loss, no fit loop
+    x, prompt_len = data.train[:16], data.train_prompt_len[:16]
+    noise = step_noise(0, 0, 16, 0, 1, torch.device("cpu"))
+    loss = module.sdtt_loss(x, noise, prompt_len)
+    assert len(teacher.inputs) == 2 and len(student.inputs) == 1  # k = 2 teacher steps
+    prompt = torch.arange(10).unsqueeze(0) < prompt_len.unsqueeze(1)
+    for z in [*teacher.inputs, *student.inputs]:
+        assert torch.equal(z[prompt], x[prompt])
+    assert torch.isfinite(loss)
+
+
+def test_trajectory_config_defaults_follow_the_data():
+    assert TrajectoryConfig().resolved(prompted=True) == ("llada", 0.0)
+    assert TrajectoryConfig().resolved(prompted=False) == ("ancestral", 1.0)
+    assert TrajectoryConfig(sampler="fast-dllm", temperature=0.5).resolved(True) == ("fast-dllm", 0.5)
+
+
+def test_a_prompted_distillation_run_end_to_end(tmp_path):
+    from fewstep.distill.accuracy import task_accuracy
+    from fewstep.distill.distill_run import run_distill
+    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.distill.train import train_teacher
+
+    teacher_dir = tmp_path / "teacher"
+    train_teacher(load_config(TeacherRunConfig, None, tiny_overrides(teacher_dir, *SMALL_TASK, "trainer.max_steps=4",
+                                                                     "trainer.val_every=2")))
+    out = tmp_path / "distill"
+    cfg = load_config(DistillRunConfig, None, [
+        f"teacher.path={teacher_dir}", f"out_dir={out}", *SMALL_TASK, "method=trajectory", "rounds.start_steps=8",
+        "rounds.count=1", "rounds.steps_per_round=3", "trainer.batch_size=8", "trainer.progress=false",
+        "trajectory.num_trajectories=24", "trajectory.batch_size=12", "eval.num_samples=4",
+        "logger.wandb.mode=disabled", "optim.warmup_steps=1"])
+    result = run_distill(cfg)
+    assert result.steps == 3
+    cached = torch.load(out / "trajectories.pt", weights_only=True)
+    assert cached["tokens"].shape == (24, 10)
+    data = build_data(cfg.data)
+    lengths = data.train_prompt_len[:24]
+    for row, n, source in zip(cached["tokens"], lengths.tolist(), data.train[:24]):
+        assert torch.equal(row[:n], source[:n])  # teacher answers to the training prompts
+    student = load_model_dir(out / "model").denoiser
+    accuracy = task_accuracy(student, data, "llada", steps=4, num_prompts=8)
+    assert accuracy.num_prompts == 8 and 0.0 <= accuracy.accuracy <= 1.0
