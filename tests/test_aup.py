@@ -1,0 +1,54 @@
+"""AUP against a transcription of d3LLM's `get_aup` (AUP_leaderboard, aup_utils.py) and a hand computation."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from fewstep.distill.aup import aup, aup_weight
+
+
+def reference_aup(rho, y, y_max, alpha=3.0, y_min_offset=5.0):
+    """d3LLM's get_aup as published: sort by rho, refuse a drop past the offset, trapezoids weighted by W."""
+    pairs = sorted(zip(rho, y), key=lambda p: p[0])
+    r, a = [p[0] for p in pairs], [p[1] for p in pairs]
+    assert a[0] - a[-1] <= y_min_offset
+    keep = [(ri, ai) for ri, ai in zip(r, a) if ai >= a[0] - y_min_offset]
+    r, a = [p[0] for p in keep], [p[1] for p in keep]
+
+    def w(v):
+        return min(math.exp(-alpha * (1 - v / y_max)), 1.0)
+
+    total = r[0] * a[0]
+    for i in range(1, len(r)):
+        total += 0.5 * (r[i] - r[i - 1]) * (a[i] * w(a[i]) + a[i - 1] * w(a[i - 1]))
+    return total
+
+
+def test_agrees_with_the_reference_where_it_applies():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 6)
+        top = rng.uniform(50, 100)
+        rho = [rng.uniform(0.5, 10) for _ in range(n)]
+        y = [top - rng.uniform(0, 4.9) for _ in range(n)]
+        y_max = max(y) + rng.uniform(0, 10)
+        assert aup(rho, y, y_max) == pytest.approx(reference_aup(rho, y, y_max), rel=1e-12)
+
+
+def test_a_hand_computed_curve():
+    # (1, 90), (2, 88), (4, 80): the last point is more than 5 below 90 and is dropped
+    w88 = math.exp(-3 * (1 - 88 / 90))
+    assert aup([4, 1, 2], [80, 90, 88], y_max=90) == pytest.approx(90 + 0.5 * (2 - 1) * (88 * w88 + 90))
+    assert aup_weight(95, 90) == 1.0 and aup_weight(0, 0) == 0.0
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="one accuracy per"):
+        aup([1, 2], [90], 90)
+    with pytest.raises(ValueError, match="positive"):
+        aup([0], [90], 90)
+    with pytest.raises(ValueError, match="percentages"):
+        aup([1], [0.9 * 200], 90)
