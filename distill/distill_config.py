@@ -6,6 +6,7 @@ The shared building blocks (data, model, optimiser, runtime) and the loading mac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
@@ -175,14 +176,27 @@ class DistillTrainerConfig(RuntimeConfig):
 
 @dataclass
 class EvalConfig:
-    """Round-end validation: samples per model, float64 Gumbel noise."""
+    """Round-end validation: samples per model, float64 Gumbel noise.
+
+    Each round's student is held against the undistilled teacher's own many-step samples (MDLM's
+    ancestral sampler at `reference_steps`): a student whose sample entropy falls below
+    `min_entropy_ratio` x theirs is flagged, since a lower NLL bought with diversity is not quality.
+    """
 
     num_samples: int = 64
     seed: int = 0
     enabled: bool = True
     sampler: str = "ancestral"  # ancestral (MDLM), a preset (e.g. dilated) or POLICY[+FALLBACK][/SCHEDULE]
+    min_entropy_ratio: float = 0.95  # a student below this x the reference's entropy is flagged
+    reference_steps: int = 0  # the teacher's many-step setting; 0 = the steps of the first round's teacher
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_entropy_ratio) and 0.0 <= self.min_entropy_ratio <= 1.0):
+            raise ConfigError(f"eval.min_entropy_ratio={self.min_entropy_ratio} must be in [0, 1], e.g. 0.95 (a "
+                              "student may lose at most 5% of the teacher's sample entropy)")
+        if self.reference_steps < 0:
+            raise ConfigError(f"eval.reference_steps={self.reference_steps} must be >= 0 (0 = the first round's "
+                              "teacher steps)")
         if self.sampler != "ancestral":
             from fewstep.samplers.presets import sampler_from_spec
 
@@ -212,3 +226,13 @@ class DistillRunConfig:
     def __post_init__(self) -> None:
         if self.method not in ("sdtt", "trajectory"):
             raise ConfigError(f"method={self.method!r} is not one of sdtt, trajectory")
+
+    @property
+    def reference_steps(self) -> int:
+        """The undistilled teacher's many-step setting that students' entropy is held against: `eval.reference_steps`,
+        else the steps its trajectories were sampled with (trajectory), else the first round's teacher steps."""
+        if self.eval.reference_steps:
+            return self.eval.reference_steps
+        if self.method == "trajectory" and self.trajectory.teacher_steps:
+            return self.trajectory.teacher_steps
+        return self.rounds.start_steps * self.rounds.k

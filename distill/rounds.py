@@ -1,9 +1,15 @@
 """Round boundaries: export the round's student, validate it, and hand the teacher role over.
 
 A callback, not `sys.exit`: at the end of round r (every `rounds.steps_per_round` optimiser steps)
-the student (or its EMA) is written to `out_dir/round_<r>/model/`, validated against its teacher
-at k times as many steps and against the undistilled teacher at the same count, and becomes the
-teacher of round r + 1. After the last round it is also written to `out_dir/model/`.
+the student (or its EMA, as `rounds.teacher_from` says) is written to `out_dir/round_<r>/model/`,
+validated against its teacher at k times as many steps and against the undistilled teacher at the
+same count, and becomes the teacher of round r + 1. After the last round it is also written to
+`out_dir/model/`.
+
+The validation also holds the student's sample entropy against the undistilled teacher's own
+many-step samples (`DistillRunConfig.reference_steps`, MDLM's ancestral sampler): `entropy_ratio`
+below `eval.min_entropy_ratio` sets `entropy_ok` false in `rounds.json` and prints a warning, since a
+student that repeats the corpus's most frequent fragments scores a lower NLL with less diversity.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import load_model_dir, save_model_dir
-from fewstep.distill.quality import sample_quality
+from fewstep.distill.quality import sample_quality, unigram_entropy
 from fewstep.samplers.presets import sample_with_spec
 
 __all__ = ["RoundCallback", "round_dir"]
@@ -42,6 +48,7 @@ class RoundCallback(L.Callback):
         self.meta = meta
         self.ema = ema
         self.history: list[dict[str, Any]] = []
+        self._reference_entropy: float | None = None  # the undistilled teacher's, sampled once per run
         history = self.out_dir / "rounds.json"
         if history.exists():
             self.history = json.loads(history.read_text())
@@ -80,8 +87,10 @@ class RoundCallback(L.Callback):
         steps = rounds.steps_for(index)
         # copies live on the CPU: for a 7-8B student a GPU copy would need another 16 GB at every round end
         weights = {k: v.detach().to("cpu", copy=True) for k, v in self._round_weights(module).items()}
+        averaged = self.cfg.rounds.teacher_from == "ema" and self.ema is not None
         meta = {**self.meta, "round": index, "steps": steps, "method": self.cfg.method,
-                "divergence": self.cfg.loss.divergence, "global_step": trainer.global_step}
+                "divergence": self.cfg.loss.divergence, "global_step": trainer.global_step,
+                "weights": "ema" if averaged else "raw"}
         writer = trainer.is_global_zero  # one process writes and validates; every process swaps teachers
         if writer:
             student = _cpu_copy(module.student, move=trainer.world_size == 1)
@@ -98,6 +107,12 @@ class RoundCallback(L.Callback):
             self._log_tradeoff(trainer)
             print(f"\nround {index}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                                    if isinstance(v, float)), flush=True)
+            if not record["entropy_ok"]:
+                print(f"round {index}: WARNING the student's sample entropy {record['student_entropy']:.4g} is "
+                      f"{100 * (1 - record['entropy_ratio']):.1f}% below the teacher's own samples at "
+                      f"{int(record['reference_steps'])} steps ({record['reference_entropy']:.4g}; allowed: "
+                      f"{100 * (1 - self.cfg.eval.min_entropy_ratio):.0f}%, eval.min_entropy_ratio): it has lost "
+                      "diversity, and a lower NLL bought with it is not better quality", flush=True)
         if index < rounds.count - 1:
             module.set_teacher(weights)
             if rounds.reset_optimizer:
@@ -121,12 +136,14 @@ class RoundCallback(L.Callback):
             logger.log_table("round/tradeoff", columns=columns, data=data, step=trainer.global_step)
 
     @torch.no_grad()
-    def validate(self, student: Denoiser, teacher: Denoiser, steps: int, device: torch.device) -> dict[str, float]:
-        """Student at its steps; its teacher at k x steps; the undistilled teacher at the same steps."""
+    def validate(self, student: Denoiser, teacher: Denoiser, steps: int, device: torch.device
+                 ) -> dict[str, float | bool]:
+        """Student at its steps; its teacher at k x steps; the undistilled teacher at the same steps; the
+        student's entropy over the undistilled teacher's at its many-step setting (`entropy_ratio`, `entropy_ok`)."""
         cfg = self.cfg
         seq_len = self.data.train.shape[1]
         schedule = self.meta.get("noise_schedule", "loglinear")
-        out: dict[str, float] = {}
+        out: dict[str, float | bool] = {}
         for name, model, n in (("student", student, steps), ("teacher", teacher, cfg.rounds.k * steps),
                                ("original", self.original, steps)):
             model = model.to(device)
@@ -136,9 +153,25 @@ class RoundCallback(L.Callback):
             out.update({f"{name}_{key}": value for key, value in quality.items()})
             out[f"{name}_steps"] = float(n)
             out[f"{name}_tokens_per_s"] = sample.tokens.numel() / sample.wall_time
+        reference = self.reference_entropy(device)
+        out["reference_steps"] = float(cfg.reference_steps)
+        out["reference_entropy"] = reference
+        out["entropy_ratio"] = out["student_entropy"] / reference if reference > 0 else float("nan")
+        out["entropy_ok"] = bool(out["entropy_ratio"] >= cfg.eval.min_entropy_ratio)  # NaN (no reference): not ok
         student.cpu()
         self.original.cpu()  # kept off the accelerator between validations
         return out
+
+    @torch.no_grad()
+    def reference_entropy(self, device: torch.device) -> float:
+        """The sample entropy of the undistilled teacher at its many-step setting, with MDLM's ancestral sampler."""
+        if self._reference_entropy is None:
+            cfg = self.cfg
+            sample = sample_with_spec("ancestral", self.original.to(device), cfg.eval.num_samples,
+                                      self.data.train.shape[1], cfg.reference_steps, seed=cfg.eval.seed,
+                                      noise_schedule=self.meta.get("noise_schedule", "loglinear"), device=device)
+            self._reference_entropy = unigram_entropy(sample.tokens)
+        return self._reference_entropy
 
 
 def _cpu_copy(model: torch.nn.Module, move: bool) -> torch.nn.Module:

@@ -1,4 +1,9 @@
-"""`fewstep tune`: the smallest step count whose quality meets a target, from a trade-off sweep."""
+"""`fewstep tune`: the smallest step count whose quality meets a target, from a trade-off sweep.
+
+Quality is relative to the reference row (e.g. `teacher@128`); entropy is always held against the
+reference model's own many-step samples (its row with the most steps, `entropy_reference_row`), so a
+reference at few steps, whose samples may already have lost diversity, cannot lower the floor.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ from typing import Any
 
 from fewstep.distill.runtime import RunError
 
-__all__ = ["Target", "tune", "reference_row", "load_tradeoff"]
+__all__ = ["Target", "tune", "reference_row", "entropy_reference_row", "load_tradeoff"]
 
 
 @dataclass
 class Target:
-    """Quality at most `max_ratio` x the reference's, entropy at least `min_entropy_ratio` x its entropy."""
+    """Quality at most `max_ratio` x the reference's; entropy at least `min_entropy_ratio` x the entropy of the
+    reference model's own many-step samples (`entropy_reference_row`): 0.95 lets a row lose 5%."""
 
     metric: str
     reference_model: str
@@ -84,20 +90,34 @@ def reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
     return next((r for r in reference if r.get("sampler") == target.reference_sampler), reference[0])
 
 
+def entropy_reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
+    """The row the entropy floor is relative to: the reference model at its most steps (with the reference sampler
+    if it was run), i.e. its own many-step samples."""
+    own = [r for r in rows if r["model"] == target.reference_model]
+    if not own:
+        reference_row(rows, target)  # raises, naming the rows there are
+    same = [r for r in own if r.get("sampler") == target.reference_sampler] or own
+    return max(same, key=lambda r: r["steps"])
+
+
 def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
     """(chosen row, reference row): the fewest steps meeting the target; among those, the best quality of
     the rows within `speed_tolerance` of the fastest."""
+    if not 0.0 <= target.min_entropy_ratio <= 1.0:
+        raise RunError(f"the minimum entropy ratio (--min-entropy) is {target.min_entropy_ratio}; it must be in [0, 1], "
+                       "e.g. 0.95 (a row may lose at most 5% of the reference's sample entropy)")
     ref = reference_row(rows, target)
     if target.metric not in ref["quality"]:
         raise RunError(f"the rows have no quality metric {target.metric!r}; they have "
                        f"{', '.join(sorted(ref['quality']))}")
     bound = target.max_ratio * ref["quality"][target.metric]
-    floor = target.min_entropy_ratio * ref["quality"]["entropy"]
+    entropy_ref = entropy_reference_row(rows, target)
+    floor = target.min_entropy_ratio * entropy_ref["quality"]["entropy"]
     fits = [r for r in rows if r["model"] != "autoregressive" and target.metric in r["quality"]
             and r["quality"][target.metric] <= bound and r["quality"]["entropy"] >= floor]
     if not fits:
-        raise RunError(f"no row meets {target.metric} <= {bound:.4g} with entropy >= {floor:.4g}; relax the target "
-                       "or bench more step counts")
+        raise RunError(f"no row meets {target.metric} <= {bound:.4g} with entropy >= {floor:.4g} ({target.min_entropy_ratio:g} x "
+                       f"{target.reference_model}@{entropy_ref['steps']}'s); relax the target or bench more step counts")
     fewest = [r for r in fits if r["steps"] == min(f["steps"] for f in fits)]
     # timing noise must not pick the worse of two rows with the same cost (e.g. two students at 4 steps)
     fastest = max(r["tokens_per_s"] for r in fewest)

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, run_cli
 from wandb_records import history_keys
 
-from fewstep.distill.config import load_config
+from fewstep.distill.config import ConfigError, load_config
 from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.distill_run import run_distill
 from fewstep.distill.model_dir import load_model_dir
@@ -112,6 +112,41 @@ def test_rounds_log_their_tradeoff_to_wandb(tiny_teacher, tmp_path):
     assert last["columns"] == ["round", "model", "steps", "tokens_per_s", "exact_nll", "entropy"]
     assert [row[:3] for row in last["data"]] == [[0, "student", 8], [0, "teacher", 16], [0, "original", 8],
                                                  [1, "student", 4], [1, "teacher", 8], [1, "original", 4]]
+
+
+class CollapseAt(L.Callback):
+    """Make the student put all its mass on token 0 (its samples repeat one token), as a collapsed student does."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, module, *args):
+        if trainer.global_step == self.step:
+            bias = module.student.backbone.decoder.bias
+            bias.fill_(-50.0)
+            bias[0] = 50.0
+
+
+def test_round_validation_flags_a_student_whose_entropy_falls_below_the_teachers_many_step_samples(
+        tiny_teacher, tmp_path, capsys):
+    out = tmp_path / "e"
+    cfg = load_config(DistillRunConfig, None, distill_overrides(
+        tiny_teacher, out, "rounds.count=2", "rounds.teacher_from=student", "optim.ema=0", "eval.min_entropy_ratio=0.9"))
+    run_distill(cfg, callbacks=[CollapseAt(6)])  # in round 1 (steps 5-8), before its end
+    history = json.loads((out / "rounds.json").read_text())
+    # the reference: the undistilled teacher at the first round's teacher steps (8 x k=2), sampled once
+    assert [h["reference_steps"] for h in history] == [16, 16]
+    assert history[0]["reference_entropy"] == history[1]["reference_entropy"] > 0
+    for h in history:
+        assert h["entropy_ratio"] == pytest.approx(h["student_entropy"] / h["reference_entropy"])
+        assert h["entropy_ok"] is (h["entropy_ratio"] >= 0.9)
+    assert history[1]["student_entropy"] < 0.1 and history[1]["entropy_ok"] is False
+    printed = capsys.readouterr().out
+    assert "round 1: WARNING the student's sample entropy" in printed and "eval.min_entropy_ratio" in printed
+    assert load_model_dir(out / "model").meta["weights"] == "raw"  # rounds.teacher_from=student
+    with pytest.raises(ConfigError, match="eval.min_entropy_ratio=1.5 must be in"):
+        load_config(DistillRunConfig, None, distill_overrides(tiny_teacher, out, "eval.min_entropy_ratio=1.5"))
 
 
 def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):

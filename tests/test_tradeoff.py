@@ -52,6 +52,21 @@ def test_tune_picks_the_fewest_steps_that_meet_the_target():
         tune(HAND, Target("exact_nll", "teacher", 128))
 
 
+def test_tune_holds_entropy_against_the_teachers_own_many_step_samples():
+    # quality relative to teacher@16, whose few-step samples have lost entropy; the floor stays 0.95 x teacher@128's
+    rows = [row("teacher", 128, 2.00, 5.0, 10.0), row("teacher", 16, 2.10, 4.5, 80.0),
+            row("student", 8, 2.10, 4.4, 160.0),  # within 5% of teacher@16's entropy, 12% below teacher@128's
+            row("student", 16, 2.12, 4.8, 80.0)]
+    chosen, ref = tune(rows, Target("gen_nll", "teacher", 16, 1.05, 0.95))
+    assert (chosen["model"], chosen["steps"]) == ("student", 16) and ref["steps"] == 16
+    assert tune(rows[:3], Target("gen_nll", "teacher", 16, 1.05, 0.95))[0]["steps"] == 128  # not student@8
+    with pytest.raises(RunError, match=r"entropy >= 4.75 \(0.95 x teacher@128's\)"):
+        tune(rows[1:3] + [row("teacher", 128, 2.50, 5.0, 10.0)], Target("gen_nll", "teacher", 16, 1.05, 0.95))
+    assert tune(rows, Target("gen_nll", "teacher", 16, 1.05, 0.85))[0]["steps"] == 8  # a looser floor lets it in
+    with pytest.raises(RunError, match=r"--min-entropy\) is 1.5; it must be in \[0, 1\]"):
+        tune(rows, Target("gen_nll", "teacher", 16, 1.05, 1.5))
+
+
 def test_pareto_front():
     front = {(HAND[i]["model"], HAND[i]["steps"]) for i in pareto_front(HAND, "gen_nll")}
     # student@16 and student@32 lose to sharp@12 (faster and better); teacher@16 to student@8
