@@ -81,7 +81,9 @@ def build_sampler(
     if "learned" in (policy_name, schedule_name):
         if model_dir is None:
             raise RunError("a learned policy or schedule is read from a model directory; pass one")
-        learned_schedule, learned_policy, _ = load_learned(Path(model_dir), meta, steps)
+        learned_schedule, learned_policy, content = load_learned(Path(model_dir), meta, steps)
+        if block_size is None:  # the blocks it was learned with, unless the spec says otherwise
+            block_size = content.get("block_size")
     if sampler == "learned" and policy is None and learned_policy is not None:
         chosen_policy = learned_policy  # what scheduler_config.json holds: a head, or the order it was learned with
     elif policy_name == "learned":

@@ -16,7 +16,7 @@ from fewstep.distill.io import atomic_write_text
 from fewstep.distill.runtime import RunError
 from fewstep.samplers.policies import Policy, make_policy
 from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead, load_head, save_head
-from fewstep.samplers.schedules import AllocationSchedule, Schedule, make_step_schedule
+from fewstep.samplers.schedules import AllocationSchedule, DreamSchedule, Schedule, make_step_schedule
 
 __all__ = [
     "SCHEDULER_FILE",
@@ -178,6 +178,8 @@ def load_learned(
 def _schedule(sched_cfg: dict[str, Any], path: Path) -> Schedule:
     if sched_cfg["name"] == "learned":
         return AllocationSchedule(sched_cfg["fractions"], source=str(path))
+    if sched_cfg["name"] == "dream":  # its grid's end point is a parameter
+        return DreamSchedule(eps=float(sched_cfg.get("eps", 1e-3)))
     return make_step_schedule(sched_cfg["name"], sched_cfg.get("noise", "loglinear"))
 
 
@@ -188,6 +190,7 @@ def _policy(pol_cfg: dict[str, Any], model_dir: Path, meta: dict[str, Any], path
             threshold=pol_cfg.get("threshold", 0.9),
             gamma=pol_cfg.get("gamma", 0.1),
             fallback=pol_cfg.get("fallback"),
+            confidence=pol_cfg.get("confidence", "sampled"),
         )
     weights = model_dir / pol_cfg.get("weights", HEAD_FILE)
     if not weights.is_file():
