@@ -108,7 +108,8 @@ def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, t
     if inv_s != 1.0:
         shifted.mul_(inv_s)
     torch.exp(shifted, out=expd)
-    z_stats = _block_view(expd, "sum").to(torch.float64).sum(dim=1)
+    stats_blocks = _block_view(expd, "sum").to(torch.float64)
+    z_stats = stats_blocks.sum(dim=1)
     if temperature == 0:
         proposal = argmax
     else:
@@ -118,7 +119,7 @@ def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, t
             draw = torch.exp(shifted * (stats_temperature / temperature))
         # a block by its (float32-summed) weight, then a token within it in float64: a token's chance
         # within its block is exact however small, whatever the block sums' rounding
-        block_weights = _block_view(draw, "sum").to(torch.float64)
+        block_weights = stats_blocks if draw is expd else _block_view(draw, "sum").to(torch.float64)
         cumulative = block_weights.cumsum(dim=1)
         target = (u * cumulative[:, -1]).unsqueeze(1)
         block = torch.searchsorted(cumulative, target, right=True).clamp_max(cumulative.shape[1] - 1)
