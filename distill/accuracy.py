@@ -12,7 +12,7 @@ pass of a sequence, `answer_tokens_per_forward` the tokens before the first EOS 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -40,9 +40,10 @@ class AccuracyResult:
     answer_tokens_per_forward: float
     tokens_per_s: float  # response tokens per second of sampling wall time
     seconds: float
+    responses: list[list[int]] = field(default_factory=list, repr=False)  # each prompt's response, before EOS
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "responses"}
 
 
 def response_ids(row: torch.Tensor, prompt_len: int, eos_id: int) -> list[int]:
@@ -79,6 +80,7 @@ def evaluate_accuracy(model: nn.Module, sampler: Sampler, prompts: torch.Tensor,
         raise DataError(f"prompt lengths must be one per prompt, each in [1, seq_len={seq_len}); got "
                         f"{len(prompt_len)} in [{int(prompt_len.min())}, {int(prompt_len.max())}]")
     correct = answer_tokens = response_tokens = 0
+    responses: list[list[int]] = [[] for _ in range(len(prompts))]
     forward_sequences = 0.0  # forward passes summed over sequences
     seconds = 0.0
     for length in torch.unique(prompt_len).tolist():  # the sampler takes one prompt length per call
@@ -91,6 +93,7 @@ def evaluate_accuracy(model: nn.Module, sampler: Sampler, prompts: torch.Tensor,
         response_tokens += (seq_len - length) * len(rows)
         for index, generated in zip(rows.tolist(), out.tokens):
             ids = response_ids(generated, length, eos_id)
+            responses[index] = ids
             answer_tokens += len(ids)
             prompt_text = tokenizer.decode(prompts[index, :length].tolist(), skip_special_tokens=True)
             text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -109,6 +112,7 @@ def evaluate_accuracy(model: nn.Module, sampler: Sampler, prompts: torch.Tensor,
         answer_tokens_per_forward=answer_tokens / max(forward_sequences, 1e-9),
         tokens_per_s=response_tokens / max(seconds, 1e-9),
         seconds=seconds,
+        responses=responses,
     )
 
 
