@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewstep.distill.config import ConfigError, DataConfig, LoggerConfig, MarkovConfig, save_config
+from fewstep.distill.config import ConfigError, LoggerConfig, data_config, save_config
 from fewstep.distill.data import build_data
 from fewstep.distill.io import OwnershipError
 from fewstep.distill.model_dir import load_model_dir
@@ -19,15 +20,18 @@ from fewstep.distill.tradeoff import (
     Candidate,
     SampleFn,
     ar_row,
+    aup_by_curve,
     log_wandb,
     measure,
+    measure_prompted,
     pareto_front,
     plot_pareto,
     quality_key,
     write_tradeoff,
 )
 
-__all__ = ["BenchModel", "BenchRunConfig", "run_bench", "sampler_fn", "device_name", "summary_rows"]
+__all__ = ["BenchModel", "BenchRunConfig", "run_bench", "sampler_fn", "sampler_builder", "device_name",
+           "summary_rows"]
 
 
 @dataclass
@@ -48,8 +52,10 @@ class BenchRunConfig:
     evaluator: str | None = None  # causal LM directory: generative NLL and the autoregressive baseline
     samplers: list[str] = field(default_factory=lambda: ["ancestral"])
     steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
-    num_samples: int = 64
+    num_samples: int = 64  # samples per row; on prompted data, validation prompts per row
     repeats: int = 3  # timing is the median over repeats
+    # sampling temperature; None = 0 on prompted data (greedy, as the reference evaluations answer), else 1
+    temperature: float | None = None
     seed: int = 0
     device: str = "auto"
     export: str | None = None  # a model directory to attach to the W&B run as an artifact
@@ -60,6 +66,8 @@ class BenchRunConfig:
             raise ConfigError("steps must all be at least 1")
         if self.num_samples < 1 or self.repeats < 1:
             raise ConfigError("num_samples and repeats must be at least 1")
+        if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
+            raise ConfigError(f"temperature={self.temperature} must be a finite number >= 0")
 
 
 def device_name(device: torch.device) -> str:
@@ -71,7 +79,8 @@ def device_name(device: torch.device) -> str:
 
 
 def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear",
-               model_dir: str | Path | None = None, meta: dict[str, Any] | None = None) -> tuple[SampleFn, str]:
+               model_dir: str | Path | None = None, meta: dict[str, Any] | None = None,
+               temperature: float = 1.0) -> tuple[SampleFn, str]:
     """A sampler by spec (`fewstep.samplers.presets.parse_spec`); `ancestral` is the MDLM reference sampler.
 
     Returns the sampling function and the name of its schedule; learned parts come from `model_dir`.
@@ -83,16 +92,22 @@ def sampler_fn(name: str, device: torch.device, schedule: str = "loglinear",
 
     def sample(model, num, seq_len, steps, seed):
         out = sample_with_spec(name, model, num, seq_len, steps, seed=seed, noise_schedule=schedule, meta=meta,
-                               model_dir=model_dir, device=device)
+                               model_dir=model_dir, device=device, temperature=temperature)
         return out.tokens, out.nfe_per_sequence, out.wall_time
 
     return sample, schedule if name == "ancestral" else spec_schedule(name)
 
 
+def sampler_builder(name: str, schedule: str, model_dir: str | Path | None, meta: dict[str, Any],
+                    temperature: float) -> Callable[[int], Any]:
+    """steps -> the Sampler a spec names (prompted rows sample through it)."""
+    from fewstep.samplers.presets import sampler_from_spec
+
+    return lambda steps: sampler_from_spec(name, steps, {**meta, "noise_schedule": schedule}, model_dir, temperature)
+
+
 def _data_for(meta: dict[str, Any]):
-    data_cfg = dict(meta["data"])
-    data_cfg["markov"] = MarkovConfig(**data_cfg.get("markov", {}))
-    return build_data(DataConfig(**data_cfg))
+    return build_data(data_config(meta["data"]))
 
 
 def _task_key(model: Any) -> tuple:
@@ -162,15 +177,22 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
         from fewstep.distill.evaluator import load_evaluator
 
         evaluator = load_evaluator(cfg.evaluator, device=device)
+    prompted = data.prompted
+    if prompted and evaluator is not None:
+        print("bench: the autoregressive baseline samples without prompts; on prompted data it is left out")
+        evaluator = None
+    temperature = cfg.temperature if cfg.temperature is not None else (0.0 if prompted else 1.0)
     jobs = []
     for name, model in loaded.items():
         for sampler in cfg.samplers:
             budgets = _budgets(name, model, sampler, cfg.steps)
             if not budgets:
                 continue
-            fn, schedule = sampler_fn(sampler, device, model.meta.get("noise_schedule", "loglinear"),
-                                      model_dir=model.path, meta=model.meta)
-            jobs += [(Candidate(name, model.denoiser, sampler, schedule, fn), n) for n in budgets]
+            noise = model.meta.get("noise_schedule", "loglinear")
+            fn, schedule = sampler_fn(sampler, device, noise, model_dir=model.path, meta=model.meta,
+                                      temperature=temperature)
+            build = sampler_builder(sampler, noise, model.path, model.meta, temperature)
+            jobs += [(Candidate(name, model.denoiser, sampler, schedule, fn, build), n) for n in budgets]
     if not jobs:
         raise ConfigError(f"nothing to measure: no model has what the samplers {cfg.samplers} need")
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
@@ -180,7 +202,11 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
     bar = tqdm(total=len(jobs) + (1 if evaluator else 0), desc="trade-off sweep", disable=not progress)
     for candidate, steps in jobs:
         bar.set_postfix_str(f"{candidate.model_name} {candidate.sampler} {steps} steps")
-        rows.append(measure(candidate, steps, data, cfg.num_samples, cfg.seed, evaluator, str(device), cfg.repeats))
+        if prompted:
+            rows.append(measure_prompted(candidate, steps, data, cfg.num_samples, cfg.seed, cfg.repeats))
+        else:
+            rows.append(measure(candidate, steps, data, cfg.num_samples, cfg.seed, evaluator, str(device),
+                                cfg.repeats))
         bar.update()
     if evaluator is not None:
         bar.set_postfix_str("autoregressive baseline")
@@ -189,6 +215,10 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
     bar.close()
 
     task = first.meta["data"]["source"]
+    curves = aup_by_curve(rows)
+    for row in rows:  # each prompted row carries its curve's AUP (accuracy against tokens per forward)
+        if (row["model"], row["sampler"]) in curves:
+            row["quality"]["aup"] = curves[(row["model"], row["sampler"])]
     write_tradeoff(out_dir / "tradeoff.json", task, device_name(device), rows)
     png = plot_pareto(rows, out_dir / "pareto.png", title=f"{task}: speed / quality")
     mode = wandb_mode(cfg.logger)
@@ -216,7 +246,10 @@ def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> li
     out = []
     for i, r in enumerate(rows):
         row = {"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"]}
-        for metric in ("exact_nll", "gen_nll", "teacher_nelbo", "entropy", "invalid_rate", "python_lines_ok"):
+        if "accuracy" in r["quality"]:
+            row["tpf"] = r["tokens_per_forward"]  # response tokens per forward pass
+        for metric in ("accuracy", "aup", "exact_nll", "gen_nll", "teacher_nelbo", "entropy", "invalid_rate",
+                       "python_lines_ok"):
             if metric in r["quality"]:
                 row[metric] = r["quality"][metric]
         row["tokens_per_s"] = r["tokens_per_s"]

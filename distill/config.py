@@ -379,3 +379,16 @@ def save_config(cfg: Any, path: str | Path) -> None:
     from fewstep.distill.io import atomic_write_text
 
     atomic_write_text(Path(path), OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def data_config(saved: dict[str, Any]) -> DataConfig:
+    """A `DataConfig` from its saved form (a model's `fewstep.json` "data", a run's config): nested sections
+    (markov, anagram) rebuilt as their dataclasses, keys it does not know (a later version's) refused."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(DataConfig), saved)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        reason = _explain(error, OmegaConf.structured(DataConfig))
+        raise ConfigError(f"the saved data config is not one this fewstep reads: {reason}") from error
+    except ValueError as error:  # __post_init__
+        raise ConfigError(str(error)) from error

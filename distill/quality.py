@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fewstep.distill.config import MarkovConfig
+from fewstep.distill.config import data_config
 from fewstep.distill.runtime import RunError
 
 __all__ = ["unigram_entropy", "markov_quality", "task_for", "sample_records", "model_nelbo", "sample_quality"]
@@ -42,7 +42,7 @@ def task_for(data: dict[str, Any] | None) -> Any:
         return None
     from fewstep.distill.markov import MarkovChain
 
-    return MarkovChain.from_config(MarkovConfig(**data.get("markov", {})))
+    return MarkovChain.from_config(data_config(data).markov)
 
 
 def sample_records(model_dir: str, steps: int, num_samples: int, seq_len: int | None = None, seed: int = 0,

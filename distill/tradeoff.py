@@ -25,7 +25,8 @@ import torch
 from fewstep.distill.io import atomic_save, atomic_write_text
 from fewstep.distill.quality import markov_quality, unigram_entropy
 
-__all__ = ["SampleFn", "Candidate", "measure", "ar_row", "pareto_front", "quality_key", "write_tradeoff",
+__all__ = ["SampleFn", "Candidate", "measure", "measure_prompted", "ar_row", "pareto_front", "quality_key",
+           "quality_loss", "aup_by_curve", "reference_answers", "HIGHER_IS_BETTER", "write_tradeoff",
            "plot_pareto", "log_wandb", "python_lines_ok"]
 
 # (model, num_samples, seq_len, steps, seed) -> (tokens [N, L], nfe per sequence, seconds)
@@ -41,6 +42,7 @@ class Candidate:
     sampler: str
     schedule: str
     sample: SampleFn
+    build: Callable[[int], Any] | None = None  # steps -> the Sampler itself (prompted rows sample through it)
 
 
 def python_lines_ok(texts: list[str]) -> float:
@@ -69,7 +71,7 @@ def python_lines_ok(texts: list[str]) -> float:
 
 def sample_quality_row(tokens: torch.Tensor, data: Any, evaluator: Any = None) -> dict[str, float]:
     """Quality of samples, entropy always included."""
-    if data.task is not None:
+    if data.task is not None and hasattr(data.task, "nll"):  # an exact chain (markov)
         quality = markov_quality(data.task, tokens)
     else:
         quality = {"entropy": unigram_entropy(tokens)}
@@ -105,6 +107,52 @@ def measure(candidate: Candidate, steps: int, data: Any, num_samples: int, seed:
     }
 
 
+def reference_answers(data: Any, count: int) -> list[str]:
+    """The validation rows' own responses (decoded up to their first EOS): the answers of a prompt set
+    without a checker (prompted jsonl)."""
+    from fewstep.distill.accuracy import response_ids
+
+    eos = data.tokenizer.eos_token_id
+    return [data.tokenizer.decode(response_ids(data.val[i], int(data.val_prompt_len[i]), eos), skip_special_tokens=True)
+            for i in range(count)]
+
+
+def measure_prompted(candidate: Candidate, steps: int, data: Any, num_prompts: int, seed: int,
+                     repeats: int = 1) -> dict[str, Any]:
+    """One row on the validation prompts: accuracy (the task's exact checker, or the reference responses
+    after whitespace normalisation), response tokens per forward pass and per second (never the prompt),
+    the answers' entropy; the median time over `repeats`, quality from the first."""
+    from fewstep.distill.accuracy import evaluate_accuracy
+
+    if candidate.build is None:
+        raise ValueError("a prompted row samples through the Sampler itself: give the candidate a build function")
+    count = min(num_prompts, len(data.val))
+    prompts, lengths = data.val[:count], data.val_prompt_len[:count]
+    check = getattr(data.task, "check", None)
+    answers = None if check is not None else reference_answers(data, count)
+    sampler = candidate.build(steps)
+
+    def run(rows: slice, run_seed: int):
+        return evaluate_accuracy(candidate.model, sampler, prompts[rows], lengths[rows], steps, data.tokenizer,
+                                 check=check, answers=None if answers is None else answers[rows], seed=run_seed)
+
+    run(slice(0, min(count, 4)), seed)  # warm-up
+    results = [run(slice(0, count), seed + r) for r in range(repeats)]
+    first = results[0]
+    seconds = sorted(r.seconds for r in results)[len(results) // 2]
+    single = sorted(run(slice(0, 1), seed + r).seconds for r in range(max(3, repeats)))
+    width = max(len(r) for r in first.responses) if first.responses else 0
+    answered = torch.tensor([r + [data.tokenizer.eos_token_id] * (width - len(r)) for r in first.responses if r])
+    return {
+        "model": candidate.model_name, "sampler": candidate.sampler, "schedule": candidate.schedule,
+        "steps": steps, "nfe": float(first.nfe), "tokens_per_forward": first.tokens_per_forward,
+        "tokens_per_s": first.response_tokens / seconds, "latency_ms": 1000.0 * seconds,
+        "latency_b1_ms": 1000.0 * single[len(single) // 2], "batch_size": count,
+        "quality": {"accuracy": first.accuracy, "answer_tokens_per_forward": first.answer_tokens_per_forward,
+                    "entropy": unigram_entropy(answered) if len(answered) else 0.0},
+    }
+
+
 def ar_row(evaluator: Any, data: Any, num_samples: int, seed: int, repeats: int = 1) -> dict[str, Any]:
     """The autoregressive baseline: the evaluator architecture decoding with a KV cache."""
     from fewstep.distill.evaluator import ar_sample
@@ -123,25 +171,53 @@ def ar_row(evaluator: Any, data: Any, num_samples: int, seed: int, repeats: int 
     }
 
 
+HIGHER_IS_BETTER = ("accuracy", "python_lines_ok")  # every other quality metric is a loss
+
+
 def quality_key(rows: list[dict[str, Any]]) -> str:
-    """The headline quality metric present in every row: gen_nll, else exact_nll, else entropy."""
-    for key in ("gen_nll", "exact_nll", "teacher_nelbo"):
+    """The headline quality metric present in every row: accuracy (prompt sets), else gen_nll, else
+    exact_nll, else teacher_nelbo, else entropy."""
+    for key in ("accuracy", "gen_nll", "exact_nll", "teacher_nelbo"):
         if rows and all(key in r["quality"] for r in rows):
             return key
     return "entropy"
 
 
+def quality_loss(row: dict[str, Any], key: str) -> float:
+    """`key` of a row as a loss (lower is better): accuracy-like metrics negated."""
+    value = float(row["quality"][key])
+    return -value if key in HIGHER_IS_BETTER else value
+
+
 def pareto_front(rows: list[dict[str, Any]], key: str) -> list[int]:
-    """Indices of rows no other row beats on both speed (tokens/s, higher) and quality (`key`, lower)."""
+    """Indices of rows no other row beats on both speed (tokens/s, higher) and quality (`key`)."""
     front = []
     for i, row in enumerate(rows):
+        mine = quality_loss(row, key)
         dominated = any(
-            other["tokens_per_s"] >= row["tokens_per_s"] and other["quality"][key] <= row["quality"][key]
-            and (other["tokens_per_s"] > row["tokens_per_s"] or other["quality"][key] < row["quality"][key])
+            other["tokens_per_s"] >= row["tokens_per_s"] and quality_loss(other, key) <= mine
+            and (other["tokens_per_s"] > row["tokens_per_s"] or quality_loss(other, key) < mine)
             for j, other in enumerate(rows) if j != i)
         if not dominated:
             front.append(i)
     return front
+
+
+def aup_by_curve(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """d3LLM's AUP of each (model, sampler) curve of accuracy against tokens per forward, with y_max the
+    best accuracy of the whole sweep (one scale for the table)."""
+    from fewstep.distill.aup import aup
+
+    prompted = [r for r in rows if "accuracy" in r["quality"]]
+    if not prompted:
+        return {}
+    y_max = 100.0 * max(r["quality"]["accuracy"] for r in prompted)
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in prompted:
+        curves.setdefault((r["model"], r["sampler"]), []).append(r)
+    return {curve: aup([r["tokens_per_forward"] for r in members], [100.0 * r["quality"]["accuracy"] for r in members],
+                       y_max)
+            for curve, members in curves.items()}
 
 
 def write_tradeoff(path: Path, task: str, device: str, rows: list[dict[str, Any]]) -> None:
@@ -176,7 +252,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
     ax.scatter(fx, fy, s=120, facecolors="none", edgecolors="black")
     ax.set_xscale("log")
     ax.set_xlabel("tokens / s (higher is faster)")
-    ax.set_ylabel(f"{key} (lower is better)")
+    ax.set_ylabel(f"{key} ({'higher' if key in HIGHER_IS_BETTER else 'lower'} is better)")
     ax.set_title(title or f"speed / quality trade-off ({key}; H = sample entropy)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fewstep.distill.config import MISSING, ConfigError, DataConfig, MarkovConfig
+from fewstep.distill.config import MISSING, ConfigError, data_config
 from fewstep.distill.io import OwnershipError
 from fewstep.distill.runtime import RunError, check_device
 from fewstep.samplers.grpo import GRPOConfig
@@ -119,13 +119,12 @@ def _heldout(meta: dict[str, Any], model_dir: Path) -> tuple[Any, torch.Tensor |
     data = dict(meta.get("data") or {})
     if not data:
         return None, None
-    data["markov"] = MarkovConfig(**data.get("markov", {}))
     if data.get("source") == "markov":
         data["num_train"] = 1  # only the validation split is needed; its seed does not depend on num_train
     else:
         data["tokenizer"] = str(model_dir / "tokenizer.json")
     try:
-        built = build_data(DataConfig(**data))
+        built = build_data(data_config(data))
     except Exception as error:  # a corpus that is not here: fall back to no held-out data
         print(f"note: held-out data unavailable ({str(error).splitlines()[0][:200]}); no entropy reference")
         return None, None

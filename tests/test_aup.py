@@ -52,3 +52,22 @@ def test_refusals():
         aup([0], [90], 90)
     with pytest.raises(ValueError, match="percentages"):
         aup([1], [0.9 * 200], 90)
+
+
+def _row(model, sampler, tps, accuracy, tpf):
+    return {"model": model, "sampler": sampler, "tokens_per_s": tps, "tokens_per_forward": tpf,
+            "quality": {"accuracy": accuracy, "entropy": 1.0}}
+
+
+def test_the_pareto_front_and_aup_of_a_prompted_sweep():
+    from fewstep.distill.tradeoff import aup_by_curve, pareto_front, quality_key
+
+    rows = [_row("teacher", "llada", 100, 0.95, 1.0), _row("teacher", "llada", 400, 0.40, 4.0),
+            _row("student", "llada", 400, 0.93, 4.0), _row("student", "llada", 800, 0.91, 8.0)]
+    assert quality_key(rows) == "accuracy"
+    # higher accuracy is better: the teacher's fast row is beaten by the student's at the same speed
+    assert pareto_front(rows, "accuracy") == [0, 2, 3]
+    curves = aup_by_curve(rows)
+    assert curves[("teacher", "llada")] == pytest.approx(aup([1.0, 4.0], [95.0, 40.0], 95.0))
+    assert curves[("student", "llada")] == pytest.approx(aup([4.0, 8.0], [93.0, 91.0], 95.0))
+    assert curves[("student", "llada")] > curves[("teacher", "llada")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from conftest import tiny_overrides
 from torch import nn
@@ -115,15 +116,22 @@ def test_trajectory_config_defaults_follow_the_data():
     assert TrajectoryConfig(sampler="fast-dllm", temperature=0.5).resolved(True) == ("fast-dllm", 0.5)
 
 
-def test_a_prompted_distillation_run_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def anagram_teacher(tmp_path_factory):
+    from fewstep.distill.train import train_teacher
+
+    teacher_dir = tmp_path_factory.mktemp("anagram") / "teacher"
+    train_teacher(load_config(TeacherRunConfig, None, tiny_overrides(teacher_dir, *SMALL_TASK, "trainer.max_steps=4",
+                                                                     "trainer.val_every=2")))
+    return teacher_dir
+
+
+def test_a_prompted_distillation_run_end_to_end(anagram_teacher, tmp_path):
     from fewstep.distill.accuracy import task_accuracy
     from fewstep.distill.distill_run import run_distill
     from fewstep.distill.model_dir import load_model_dir
-    from fewstep.distill.train import train_teacher
 
-    teacher_dir = tmp_path / "teacher"
-    train_teacher(load_config(TeacherRunConfig, None, tiny_overrides(teacher_dir, *SMALL_TASK, "trainer.max_steps=4",
-                                                                     "trainer.val_every=2")))
+    teacher_dir = anagram_teacher
     out = tmp_path / "distill"
     cfg = load_config(DistillRunConfig, None, [
         f"teacher.path={teacher_dir}", f"out_dir={out}", *SMALL_TASK, "method=trajectory", "rounds.start_steps=8",
@@ -141,3 +149,22 @@ def test_a_prompted_distillation_run_end_to_end(tmp_path):
     student = load_model_dir(out / "model").denoiser
     accuracy = task_accuracy(student, data, "llada", steps=4, num_prompts=8)
     assert accuracy.num_prompts == 8 and 0.0 <= accuracy.accuracy <= 1.0
+
+
+def test_bench_on_a_prompted_task_reports_accuracy_tokens_per_forward_and_aup(anagram_teacher, tmp_path):
+    from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench, summary_rows
+
+    cfg = BenchRunConfig(out_dir=str(tmp_path / "bench"), models=[BenchModel("teacher", str(anagram_teacher))],
+                         samplers=["llada", "fast-dllm"], steps=[2, 8], num_samples=6, repeats=1)
+    cfg.logger.wandb.mode = "disabled"
+    rows = run_bench(cfg, progress=False)["rows"]
+    assert len(rows) == 4 and all(r["batch_size"] == 6 for r in rows)
+    for row in rows:
+        quality = row["quality"]
+        assert 0.0 <= quality["accuracy"] <= 1.0 and "entropy" in quality and quality["aup"] >= 0.0
+        # response tokens only: the 10 positions less the prompt, per forward pass
+        assert 0 < row["tokens_per_forward"] <= 10 and row["nfe"] <= row["steps"]
+    llada = {r["steps"]: r for r in rows if r["sampler"] == "llada"}
+    assert llada[2]["tokens_per_forward"] > llada[8]["tokens_per_forward"]
+    table = summary_rows(rows)
+    assert {"accuracy", "aup", "tpf", "entropy", "steps"} <= set(table[0])
