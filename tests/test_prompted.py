@@ -301,8 +301,18 @@ def test_a_tiny_teacher_trains_on_the_anagram_task_end_to_end(tmp_path):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="train.py passes data.train / data.val to the loaders without their prompt "
-                                        "lengths (the lead wires loader.train_loader/eval_loader(prompt_len=...))")
+def test_a_tiny_teacher_trains_on_prompted_jsonl(tmp_path):
+    from fewstep.distill.train import train_teacher
+
+    path = write_jsonl(tmp_path / "qa.jsonl", pairs(60))
+    cfg = load_config(TeacherRunConfig, None, tiny_overrides(
+        tmp_path / "run", "data.source=jsonl", f"data.path={path}", "data.prompted=true", "data.seq_len=24",
+        "data.vocab_size=300", "data.val_fraction=0.3", "trainer.batch_size=8", "trainer.max_steps=2",
+        "trainer.val_every=2"))
+    result = train_teacher(cfg)
+    assert result.steps == 2 and math.isfinite(result.val_nelbo) and result.data["prompted"]
+
+
 def test_the_teachers_batches_carry_prompt_lengths(tmp_path):
     import lightning as L
 
@@ -314,7 +324,13 @@ def test_the_teachers_batches_carry_prompt_lengths(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(batch)
 
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen.append(batch)
+
     cfg = load_config(TeacherRunConfig, None, tiny_overrides(tmp_path / "run", *SMALL_TASK, "trainer.max_steps=2",
                                                              "trainer.val_every=2"))
     train_teacher(cfg, callbacks=[Spy()])
-    assert seen and all(isinstance(b, (list, tuple)) and len(b) == 2 for b in seen)
+    assert len(seen) >= 3 and all(isinstance(b, (list, tuple)) and len(b) == 2 for b in seen)
+    for tokens, prompt_len in seen:  # each row's own prompt length, from the task's layout
+        equals = tokens == AnagramTask(AnagramConfig(min_letters=2, max_letters=4, alphabet=8)).vocab["="]
+        assert torch.equal(prompt_len, equals.to(torch.int8).argmax(dim=1) + 1)
