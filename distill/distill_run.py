@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from fewstep.distill.runtime import (
     allocation_errors,
     check_device,
     cluster_trainer_args,
+    expected_warnings,
     finish_loggers,
     make_loggers,
     own_run_dir,
@@ -170,8 +170,8 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
         **cluster_trainer_args(cfg.trainer, module),
     )
     start = time.perf_counter()
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen teacher, on purpose
-    trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    with expected_warnings():  # the frozen teacher in eval mode, the position-restoring sampler
+        trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.perf_counter() - start
     trainer.strategy.barrier("distill-exported")  # rank 0 writes model/ at the last round's end
     finish_loggers(trainer)

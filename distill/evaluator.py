@@ -31,6 +31,7 @@ from fewstep.distill.runtime import (
     AtomicCheckpointIO,
     allocation_errors,
     check_device,
+    expected_warnings,
     finish_loggers,
     make_loggers,
     own_run_dir,
@@ -138,8 +139,9 @@ def _train_evaluator(cfg: EvaluatorRunConfig, out_dir: Path, ckpt: Path | None) 
         plugins=[AtomicCheckpointIO()], default_root_dir=str(out_dir),
     )
     start = time.perf_counter()
-    trainer.fit(module, make_loader(data.train, cfg.trainer.batch_size, True, cfg.trainer.seed),
-                make_loader(data.val, cfg.trainer.batch_size, False), ckpt_path=str(ckpt) if ckpt else None)
+    with expected_warnings():
+        trainer.fit(module, make_loader(data.train, cfg.trainer.batch_size, True, cfg.trainer.seed),
+                    make_loader(data.val, cfg.trainer.batch_size, False), ckpt_path=str(ckpt) if ckpt else None)
     finish_loggers(trainer)
     val = float(trainer.callback_metrics.get("val/nll", float("nan")))
 

@@ -9,7 +9,6 @@ epoch's data from the beginning).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,9 +20,6 @@ from fewstep.distill.data import DataError, TokenDataset
 
 __all__ = ["GlobalBatchSampler", "DataPosition", "train_loader", "eval_loader"]
 
-# Lightning warns that a mid-epoch resume restarts the data unless the loader is "stateful"; this
-# sampler takes its position from the restored step instead, so the warning does not apply.
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,19 @@ from fewstep.distill.config import LoggerConfig, RuntimeConfig
 from fewstep.distill.io import CheckpointError, atomic_save, load_checkpoint
 from fewstep.distill.ownership import RunLock, check_dir, claim_dir, is_worker_process
 
-__all__ = ["RunError", "AtomicCheckpointIO", "prepare_out_dir", "own_run_dir", "check_device",
+__all__ = ["RunError", "expected_warnings", "AtomicCheckpointIO", "prepare_out_dir", "own_run_dir", "check_device",
            "allocation_errors", "make_loggers", "finish_loggers", "resolve_precision", "wandb_mode", "cluster_trainer_args", "prepare_backbone", "clip_gradients"]
+
+
+@contextmanager
+def expected_warnings() -> Iterator[None]:
+    """Silence, for one fit and only there, the Lightning warnings fewstep's runs cause on purpose: a
+    dataloader that is "not resumable" (GlobalBatchSampler takes its position from the restored step)
+    and modules in eval mode (the frozen teacher)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        yield
 
 
 class RunError(RuntimeError):

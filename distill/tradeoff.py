@@ -227,14 +227,12 @@ def write_tradeoff(path: Path, task: str, device: str, rows: list[dict[str, Any]
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Quality against tokens/s, one series per model, the Pareto front marked, entropy as labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # lazily: matplotlib stays out of start-up; no pyplot, no backend switch
 
     key = quality_key(rows)
     front = set(pareto_front(rows, key))
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.subplots()
     series: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         series.setdefault(f"{row['model']} ({row['sampler']})", []).append(i)
@@ -258,7 +256,6 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
     return path
 
 

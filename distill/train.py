@@ -31,6 +31,7 @@ from fewstep.distill.runtime import (
     allocation_errors,
     check_device,
     cluster_trainer_args,
+    expected_warnings,
     finish_loggers,
     make_loggers,
     own_run_dir,
@@ -132,7 +133,8 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
         **cluster_trainer_args(cfg.trainer, denoiser),
     )
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    with expected_warnings():
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.perf_counter() - start
     if preemption.stopped_by:
         finish_loggers(trainer)
