@@ -27,6 +27,16 @@ def unigram_entropy(tokens: torch.Tensor) -> float:
     return sum(entropies) / max(len(entropies), 1)
 
 
+def response_entropy(responses: list[list[int]], pad: int) -> float:
+    """`unigram_entropy` of answers of different lengths, each filled to the longest with `pad` (the end
+    token, as a generated row holds it); 0 for no answer."""
+    responses = [r for r in responses if r]
+    if not responses:
+        return 0.0
+    width = max(len(r) for r in responses)
+    return unigram_entropy(torch.tensor([r + [pad] * (width - len(r)) for r in responses]))
+
+
 def markov_quality(chain: Any, tokens: torch.Tensor) -> dict[str, float]:
     """Exact NLL per token, invalid-transition rate and unigram entropy of `tokens` under `chain`."""
     return {

@@ -28,8 +28,10 @@ from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import load_model_dir, save_model_dir
-from fewstep.distill.quality import sample_quality, unigram_entropy
-from fewstep.samplers.presets import sample_with_spec
+from fewstep.distill.accuracy import evaluate_accuracy
+from fewstep.distill.quality import response_entropy, sample_quality, unigram_entropy
+from fewstep.distill.tradeoff import reference_answers
+from fewstep.samplers.presets import sample_with_spec, sampler_from_spec
 
 __all__ = ["RoundCallback", "round_dir"]
 
@@ -140,6 +142,8 @@ class RoundCallback(L.Callback):
                  ) -> dict[str, float | bool]:
         """Student at its steps; its teacher at k x steps; the undistilled teacher at the same steps; the
         student's entropy over the undistilled teacher's at its many-step setting (`entropy_ratio`, `entropy_ok`)."""
+        if self.data.prompted:
+            return self._validate_prompted(student, teacher, steps, device)
         cfg = self.cfg
         seq_len = self.data.train.shape[1]
         schedule = self.meta.get("noise_schedule", "loglinear")
@@ -160,6 +164,41 @@ class RoundCallback(L.Callback):
         out["entropy_ok"] = bool(out["entropy_ratio"] >= cfg.eval.min_entropy_ratio)  # NaN (no reference): not ok
         student.cpu()
         self.original.cpu()  # kept off the accelerator between validations
+        return out
+
+    def _validate_prompted(self, student: Denoiser, teacher: Denoiser, steps: int, device: torch.device
+                           ) -> dict[str, float | bool]:
+        """On prompted data the models answer the first `eval.num_samples` validation prompts (greedy, with
+        `eval.sampler`): accuracy (the task's checker, or the reference responses), response tokens per
+        forward, and the answers' entropy held against the undistilled teacher's at its many-step setting."""
+        cfg, data = self.cfg, self.data
+        count = min(cfg.eval.num_samples, len(data.val))
+        check = getattr(data.task, "check", None)
+        answers = None if check is not None else reference_answers(data, count)
+        spec = "llada" if cfg.eval.sampler == "ancestral" else cfg.eval.sampler  # ancestral is unprompted MDLM
+
+        def answer(model: Denoiser, n: int) -> Any:
+            sampler = sampler_from_spec(spec, n, self.meta, temperature=0.0)
+            return evaluate_accuracy(model.to(device), sampler, data.val[:count], data.val_prompt_len[:count], n,
+                                     data.tokenizer, check=check, answers=answers, seed=cfg.eval.seed, device=device)
+
+        out: dict[str, float | bool] = {}
+        eos = data.tokenizer.eos_token_id
+        for name, model, n in (("student", student, steps), ("teacher", teacher, cfg.rounds.k * steps),
+                               ("original", self.original, steps)):
+            result = answer(model, n)
+            out.update({f"{name}_accuracy": result.accuracy, f"{name}_tokens_per_forward": result.tokens_per_forward,
+                        f"{name}_entropy": response_entropy(result.responses, eos), f"{name}_steps": float(n),
+                        f"{name}_tokens_per_s": result.tokens_per_s})
+        if self._reference_entropy is None:
+            self._reference_entropy = response_entropy(answer(self.original, cfg.reference_steps).responses, eos)
+        out["reference_steps"] = float(cfg.reference_steps)
+        out["reference_entropy"] = self._reference_entropy
+        reference = self._reference_entropy
+        out["entropy_ratio"] = out["student_entropy"] / reference if reference > 0 else float("nan")
+        out["entropy_ok"] = bool(out["entropy_ratio"] >= cfg.eval.min_entropy_ratio)
+        student.cpu()
+        self.original.cpu()
         return out
 
     @torch.no_grad()

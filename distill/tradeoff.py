@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from fewstep.distill.io import atomic_save, atomic_write_text
-from fewstep.distill.quality import markov_quality, unigram_entropy
+from fewstep.distill.quality import markov_quality, response_entropy, unigram_entropy
 
 __all__ = ["SampleFn", "Candidate", "measure", "measure_prompted", "ar_row", "pareto_front", "quality_key",
            "quality_loss", "aup_by_curve", "reference_answers", "HIGHER_IS_BETTER", "write_tradeoff",
@@ -141,15 +141,13 @@ def measure_prompted(candidate: Candidate, steps: int, data: Any, num_prompts: i
     first = results[0]
     seconds = sorted(r.seconds for r in results)[len(results) // 2]
     single = sorted(run(slice(0, 1), seed + r).seconds for r in range(max(3, repeats)))
-    width = max(len(r) for r in first.responses) if first.responses else 0
-    answered = torch.tensor([r + [data.tokenizer.eos_token_id] * (width - len(r)) for r in first.responses if r])
     return {
         "model": candidate.model_name, "sampler": candidate.sampler, "schedule": candidate.schedule,
         "steps": steps, "nfe": float(first.nfe), "tokens_per_forward": first.tokens_per_forward,
         "tokens_per_s": first.response_tokens / seconds, "latency_ms": 1000.0 * seconds,
         "latency_b1_ms": 1000.0 * single[len(single) // 2], "batch_size": count,
         "quality": {"accuracy": first.accuracy, "answer_tokens_per_forward": first.answer_tokens_per_forward,
-                    "entropy": unigram_entropy(answered) if len(answered) else 0.0},
+                    "entropy": response_entropy(first.responses, data.tokenizer.eos_token_id)},
     }
 
 

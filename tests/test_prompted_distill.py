@@ -3,6 +3,7 @@ SDTT and trajectory losses with the prompt fixed and counted nowhere."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -140,6 +141,10 @@ def test_a_prompted_distillation_run_end_to_end(anagram_teacher, tmp_path):
         "logger.wandb.mode=disabled", "optim.warmup_steps=1"])
     result = run_distill(cfg)
     assert result.steps == 3
+    record = json.loads((out / "rounds.json").read_text())[0]  # the round validation answered prompts
+    for who in ("student", "teacher", "original"):
+        assert 0.0 <= record[f"{who}_accuracy"] <= 1.0 and record[f"{who}_tokens_per_forward"] > 0
+    assert record["reference_entropy"] >= 0 and "entropy_ok" in record  # (a 4-step teacher may answer nothing)
     cached = torch.load(out / "trajectories.pt", weights_only=True)
     assert cached["tokens"].shape == (24, 10)
     data = build_data(cfg.data)
