@@ -32,10 +32,9 @@ def warmup_decay(decay: float, updates: int) -> float:
 
 
 def better_weights(averaged: float | None, raw: float | None) -> str:
-    """`"ema"` or `"raw"`: the weights with the lower validation NELBO (ties and no raw figure: the average)."""
-    if averaged is None:
-        return "raw"
-    return "raw" if raw is not None and raw < averaged else "ema"
+    """`"ema"` or `"raw"`: the weights with the lower validation NELBO; a tie, or no figures (validation off),
+    keeps the average."""
+    return "raw" if raw is not None and (averaged is None or raw < averaged) else "ema"
 
 
 class SubmoduleEMA(L.Callback):

@@ -76,6 +76,7 @@ def test_better_weights():
     assert better_weights(1.0, 1.0) == "ema"
     assert better_weights(1.0, None) == "ema"  # no raw figure: the average, as before
     assert better_weights(None, 1.0) == "raw"
+    assert better_weights(None, None) == "ema"  # validation off: the average, as before
 
 
 def test_a_bad_ema_value_is_one_config_error():
