@@ -63,11 +63,17 @@ ANAGRAM_LETTERS = 26  # the alphabet the `anagram` task draws its letters from: 
 
 @dataclass
 class AnagramConfig:
-    """The embedded `anagram` task: a set of distinct letters as the prompt, any ordering of them as the answer."""
+    """The embedded `anagram` task: the answer is a set of distinct letters in any order.
 
-    min_letters: int = 3  # letters per prompt, drawn uniformly from [min_letters, max_letters]
-    max_letters: int = 6
+    `show=missing` (the default): the prompt lists the alphabet's letters the answer leaves out;
+    `show=letters`: the prompt lists the answer's own letters (under the NELBO this one stalls for
+    thousands of steps: see distill/tasks.py).
+    """
+
+    min_letters: int = 4  # letters per answer, drawn uniformly from [min_letters, max_letters]
+    max_letters: int = 8
     alphabet: int = 12  # the first `alphabet` letters of a-z
+    show: str = "missing"  # missing | letters
 
     def __post_init__(self) -> None:
         if not 2 <= self.alphabet <= ANAGRAM_LETTERS:
@@ -75,6 +81,12 @@ class AnagramConfig:
         if not 2 <= self.min_letters <= self.max_letters <= self.alphabet:
             raise ConfigError(f"data.anagram needs 2 <= min_letters ({self.min_letters}) <= max_letters "
                               f"({self.max_letters}) <= alphabet ({self.alphabet})")
+        if self.show not in ("missing", "letters"):
+            raise ConfigError(f"data.anagram.show={self.show!r} is not one of missing, letters")
+
+    def min_seq_len(self) -> int:
+        """Tokens the longest example needs: prompt letters, '=', the answer and one EOS."""
+        return self.alphabet + 2 if self.show == "missing" else 2 * self.max_letters + 2
 
 
 MAX_SEQ_LEN = 65_536  # tokens per sequence; far above any model fewstep distils, far below an allocator failure
@@ -130,11 +142,11 @@ class DataConfig:
             raise ConfigError(f"data.prompted / data.messages_field read prompt/response pairs from a jsonl file, "
                               f"not data.source={self.source}; use data.source=jsonl (data.source=anagram is "
                               "prompted by itself)")
-        if self.source == "anagram" and self.seq_len < 2 * self.anagram.max_letters + 2:
-            raise ConfigError(f"data.seq_len={self.seq_len} cannot hold an anagram of {self.anagram.max_letters} "
-                              f"letters (prompt: the letters and '=', response: the letters and at least one EOS); "
-                              f"use data.seq_len={2 * self.anagram.max_letters + 2} or more, or lower "
-                              "data.anagram.max_letters")
+        if self.source == "anagram" and self.seq_len < self.anagram.min_seq_len():
+            raise ConfigError(f"data.seq_len={self.seq_len} cannot hold every example of data.anagram (show="
+                              f"{self.anagram.show}: prompt letters and '=', then the answer and at least one EOS); "
+                              f"use data.seq_len={self.anagram.min_seq_len()} or more, or a smaller alphabet / "
+                              "max_letters")
 
 
 @dataclass

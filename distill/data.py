@@ -194,12 +194,12 @@ def _build_anagram(cfg: DataConfig) -> TokenData:
                             f"{cfg.val_fraction}; raise data.anagram.alphabet or change data.val_fraction")
         split[name] = task.rows(examples, cfg.seq_len)
     (train, train_plen), (val, val_plen) = split["train"], split["val"]
-    val_letters = val_plen - 1
     response_tokens = (cfg.seq_len - val_plen).sum()
+    entropy = sum(task.entropy(task.answer_length(int(p))) for p in val_plen)
     stats = {
         "source": "anagram",
         # exact: the NELBO's optimum per response token (log k! nats per prompt over its response positions)
-        "data_entropy_per_token": sum(task.entropy(int(k)) for k in val_letters) / int(response_tokens),
+        "data_entropy_per_token": entropy / int(response_tokens),
     }
     description = {"source": "anagram", **task.describe(), "seq_len": cfg.seq_len, "num_train": cfg.num_train,
                    "num_val": cfg.num_val, "seed": cfg.seed, "val_fraction": cfg.val_fraction}

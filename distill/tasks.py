@@ -1,13 +1,22 @@
 """Embedded conditional tasks with exact checkers: prompts, answers, and the truth about them.
 
-`anagram`: the prompt is a set of distinct letters followed by `=` (`"dbca="`), and any ordering of
-those letters is a correct answer (`"acbd"`, `"dcab"`, ...). The k! answers share one constraint:
-every letter exactly once. A denoiser that reveals one letter per forward pass conditions each next
-letter on the ones already placed and can always stay valid; revealing several at once draws them
-independently from the same marginal (uniform over the letters left), so they collide (`"aacd"`),
-and temperature 0 is worse: identical marginals have identical argmaxes. That is the cost of
-parallel decoding, exactly (the data's entropy is log k! per prompt), not a weakness of one model;
+`anagram`: the answer is a set of k distinct letters of the alphabet (the first `alphabet` of a-z)
+in any order, and the prompt says which: by default (`show=missing`) it lists, then `=`, the letters
+the answer leaves out (alphabet a-h, prompt `"hbf="`, answers `"acdeg"`, `"gedca"`, ...); with
+`show=letters` it lists the answer's own letters (`"dbca="` -> `"acbd"`). The k! answers share one
+constraint: every letter exactly once. A denoiser that reveals one letter per forward pass conditions
+each next letter on the ones already placed and can always stay valid; revealing several at once
+draws them independently from the same marginal (uniform over the letters left), so they collide
+(`"aacd"`), and temperature 0 is worse: identical marginals have identical argmaxes. That is the cost
+of parallel decoding, exactly (the data's entropy is log k! per prompt), not a weakness of one model;
 a student that learns to commit to one ordering need not pay it.
+
+Why `missing` is the default: there, the right letter at any masked answer position is one seen
+nowhere in the context (prompt or answer so far), a rule a small model reads off the bag of tokens
+and learns under the NELBO in a few thousand steps. With `letters`, a letter seen once (in the
+prompt) is right and one seen twice (prompt and answer) is wrong: the NELBO's heavily weighted
+lightly-masked terms reward avoiding seen letters while its heavily masked ones reward copying them,
+and a 0.7M-parameter teacher stalls near the unconditional loss for thousands of steps (measured).
 """
 
 from __future__ import annotations
@@ -51,7 +60,8 @@ class Example:
 
 
 class AnagramTask:
-    """Prompts of distinct letters and `=`; an answer is correct when it uses each of them exactly once."""
+    """Prompts of distinct letters and `=`; an answer is correct when it uses each letter it must (the
+    alphabet's letters missing from the prompt, or the prompt's own) exactly once."""
 
     name = "anagram"
 
@@ -64,17 +74,22 @@ class AnagramTask:
         self.mask_id = int(self.tokenizer.mask_token_id)
 
     # ------------------------------------------------------------------------------------ the truth
-    @staticmethod
-    def check(prompt_text: str, response_text: str) -> bool:
-        """Exact: the prompt is distinct letters then `=`, the response those letters, each once, in any order."""
+    def answer_letters(self, prompt_text: str) -> str | None:
+        """The letters a correct answer uses, in alphabetical order; None for a text that is not a prompt."""
         if not prompt_text.endswith(EQUALS):
-            return False
-        letters = prompt_text[: -len(EQUALS)]
-        if not letters or len(set(letters)) != len(letters) or not letters.isalpha():
-            return False
-        return len(response_text) == len(letters) and sorted(response_text) == sorted(letters)
+            return None
+        shown = prompt_text[: -len(EQUALS)]
+        if len(set(shown)) != len(shown) or any(c not in self.letters for c in shown):
+            return None
+        wanted = [c for c in self.letters if c not in shown] if self.cfg.show == "missing" else sorted(shown)
+        return "".join(wanted) or None
 
-    checker = check  # the name the accuracy evaluation looks for on any task
+    def check(self, prompt_text: str, response_text: str) -> bool:
+        """Exact: the response uses each letter the prompt asks for exactly once, in any order, and nothing else."""
+        wanted = self.answer_letters(prompt_text)
+        return wanted is not None and "".join(sorted(response_text)) == wanted
+
+    checker = check  # the name the issue gives it
 
     @staticmethod
     def entropy(num_letters: int) -> float:
@@ -98,8 +113,17 @@ class AnagramTask:
             letters = "".join(rng.sample(self.letters, k))
             if self.is_val_set(letters, val_fraction) != val:
                 continue
-            out.append(Example(prompt=letters + EQUALS, response="".join(rng.sample(letters, k))))
+            if self.cfg.show == "missing":
+                shown = [c for c in self.letters if c not in letters]
+                rng.shuffle(shown)
+            else:
+                shown = rng.sample(letters, k)
+            out.append(Example(prompt="".join(shown) + EQUALS, response="".join(rng.sample(letters, k))))
         return out
+
+    def answer_length(self, prompt_len: int) -> int:
+        """Letters in the answer to a prompt of `prompt_len` tokens (its letters and '=')."""
+        return self.cfg.alphabet - (prompt_len - 1) if self.cfg.show == "missing" else prompt_len - 1
 
     def encode(self, text: str) -> list[int]:
         return [self.vocab[c] for c in text]
@@ -119,8 +143,9 @@ class AnagramTask:
 
 
 class AnagramOracle(nn.Module):
-    """The exact denoiser of `anagram`: at each masked answer position, uniform over the prompt's letters
-    not yet placed in the answer (EOS past the answer's end), so a sampler's errors are its own."""
+    """The exact denoiser of `anagram`: at each masked answer position, uniform over the letters the prompt
+    asks for that are not yet placed in the answer (EOS past the answer's end), so a sampler's errors are
+    its own."""
 
     time_conditioning = False
 
@@ -129,22 +154,25 @@ class AnagramOracle(nn.Module):
         self.mask_id = task.mask_id
         self.eos_id = task.eos_id
         self.equals_id = task.vocab[EQUALS]
-        self.letter_ids = torch.tensor([task.vocab[c] for c in string.ascii_lowercase])
         self.vocab_size = len(task.vocab)
+        self.missing = task.cfg.show == "missing"
+        alphabet = torch.zeros(self.vocab_size, dtype=torch.float64)
+        alphabet[[task.vocab[c] for c in task.letters]] = 1.0
+        self.register_buffer("alphabet", alphabet, persistent=False)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq_len = z.shape
         positions = torch.arange(seq_len, device=z.device)
-        num_letters = (z == self.equals_id).to(torch.int8).argmax(dim=1, keepdim=True)  # the '=' sits after them
-        prompt_end = num_letters + 1
-        is_letter = torch.zeros(self.vocab_size, dtype=torch.bool, device=z.device)
-        is_letter[self.letter_ids.to(z.device)] = True
-        one_hot = nn.functional.one_hot(z, self.vocab_size).double() * is_letter.double()
-        in_prompt = (positions < num_letters).double().unsqueeze(-1)
+        shown = (z == self.equals_id).to(torch.int8).argmax(dim=1, keepdim=True)  # the '=' sits after them
+        prompt_end = shown + 1
+        one_hot = nn.functional.one_hot(z, self.vocab_size).double() * self.alphabet
+        in_prompt = (positions < shown).double().unsqueeze(-1)
         in_answer = ((positions >= prompt_end) & (z != self.mask_id)).double().unsqueeze(-1)
         prompt_counts = (one_hot * in_prompt).sum(dim=1)
-        left = (prompt_counts - (one_hot * in_answer).sum(dim=1)).clamp_min(0)
-        left = torch.where(left.sum(dim=1, keepdim=True) > 0, left, prompt_counts)  # inconsistent answer so far
+        wanted = self.alphabet - prompt_counts if self.missing else prompt_counts
+        num_letters = wanted.sum(dim=1, keepdim=True).to(torch.long)
+        left = (wanted - (one_hot * in_answer).sum(dim=1)).clamp_min(0)
+        left = torch.where(left.sum(dim=1, keepdim=True) > 0, left, wanted)  # an inconsistent answer so far
         letter_probs = left / left.sum(dim=1, keepdim=True).clamp_min(1)
         eos_probs = nn.functional.one_hot(torch.full_like(z[:, 0], self.eos_id), self.vocab_size).double()
         letter_region = ((positions >= prompt_end) & (positions < prompt_end + num_letters)).unsqueeze(-1)

@@ -30,6 +30,10 @@ def anagram_data(**overrides) -> object:
     return build_data(cfg)
 
 
+def _alphabetical(task: AnagramTask, row: torch.Tensor, prompt_len: int) -> str:
+    return task.answer_letters(task.tokenizer.decode(row[:prompt_len].tolist()))
+
+
 # ------------------------------------------------------------------------ response-only masks and loss
 def test_forward_process_never_masks_the_prompt_and_keeps_the_unprompted_draws():
     schedule = make_schedule("loglinear")
@@ -99,29 +103,48 @@ def test_the_loss_never_counts_the_prompt_and_averages_over_response_tokens():
 
 # ----------------------------------------------------------------------------------- the anagram task
 @pytest.mark.parametrize("prompt, response, ok", [
-    ("dbca=", "abcd", True),
-    ("dbca=", "dbca", True),
-    ("abc=", "cab", True),
-    ("dbca=", "abcc", False),  # a letter twice, one missing
-    ("dbca=", "abc", False),  # too short
-    ("dbca=", "abcde", False),  # too long
-    ("dbca=", "abce", False),  # a letter not in the prompt
-    ("dbca=", "", False),
-    ("dbca=", "ab cd", False),
-    ("dbca", "abcd", False),  # not a prompt: no '='
-    ("aab=", "aba", False),  # not a prompt: letters repeat
-    ("=", "", False),
+    # alphabet a-h, the prompt lists the letters the answer leaves out
+    ("hbf=", "acdeg", True),
+    ("hbf=", "gedca", True),
+    ("abcdefg=", "h", True),
+    ("hbf=", "acde", False),  # g missing
+    ("hbf=", "acdeh", False),  # h is one of the left-out letters
+    ("hbf=", "acdegg", False),  # a letter twice
+    ("hbf=", "acd eg", False),
+    ("hbf=", "ACDEG", False),
+    ("hbz=", "acdeg", False),  # not a prompt: z is outside a-h
+    ("hbbf=", "acdeg", False),  # not a prompt: a letter repeats
+    ("hbf", "acdeg", False),  # not a prompt: no '='
+    ("abcdefgh=", "", False),  # nothing left to spell
 ])
 def test_anagram_checker_on_hand_written_cases(prompt, response, ok):
-    assert AnagramTask.check(prompt, response) is ok
-    assert AnagramTask(AnagramConfig()).checker(prompt, response) is ok
+    task = AnagramTask(AnagramConfig(alphabet=8, min_letters=2, max_letters=6))
+    assert task.check(prompt, response) is ok and task.checker(prompt, response) is ok
 
 
-def test_anagram_data_is_deterministic_split_by_prompt_set_and_laid_out_as_prompt_response_eos():
-    data = anagram_data()
-    again = anagram_data()
+@pytest.mark.parametrize("prompt, response, ok", [
+    # show=letters: the prompt lists the answer's own letters
+    ("dbca=", "abcd", True),
+    ("dbca=", "dbca", True),
+    ("dbca=", "abcc", False),  # a letter twice, one missing
+    ("dbca=", "abc", False),
+    ("dbca=", "abcde", False),
+    ("dbca=", "abce", False),  # a letter not in the prompt
+    ("dbca=", "", False),
+    ("dbca", "abcd", False),
+    ("aab=", "aba", False),
+    ("=", "", False),
+])
+def test_anagram_checker_showing_the_letters(prompt, response, ok):
+    assert AnagramTask(AnagramConfig(show="letters")).check(prompt, response) is ok
+
+
+@pytest.mark.parametrize("show", ["missing", "letters"])
+def test_anagram_data_is_deterministic_split_by_prompt_set_and_laid_out_as_prompt_response_eos(show):
+    data = anagram_data(show=show)
+    again = anagram_data(show=show)
     assert torch.equal(data.train, again.train) and data.fingerprint == again.fingerprint
-    assert data.fingerprint != anagram_data(alphabet=9).fingerprint
+    assert data.fingerprint != anagram_data(alphabet=9, show=show).fingerprint
     task, tokenizer = data.task, data.tokenizer
     sets = {}
     for name, rows, plen in (("train", data.train, data.train_prompt_len), ("val", data.val, data.val_prompt_len)):
@@ -130,11 +153,13 @@ def test_anagram_data_is_deterministic_split_by_prompt_set_and_laid_out_as_promp
             prompt = tokenizer.decode(row[:p].tolist())
             answer = tokenizer.decode(response_ids(row, p, task.eos_id))
             assert task.check(prompt, answer), (prompt, answer)
-            assert (row[p + p - 1:] == task.eos_id).all()  # k letters, then EOS to the end
+            k = task.answer_length(p)
+            assert len(answer) == k and (row[p + k:] == task.eos_id).all()  # k letters, then EOS to the end
             sets[name].add("".join(sorted(prompt[:-1])))
     assert sets["train"] and sets["val"] and not sets["train"] & sets["val"]  # no prompt set on both sides
     assert tokenizer("dbca=")["input_ids"] == task.encode("dbca=")
-    expected = sum(math.lgamma(p) for p in data.val_prompt_len.tolist()) / int((12 - data.val_prompt_len).sum())
+    k = [task.answer_length(p) for p in data.val_prompt_len.tolist()]
+    expected = sum(math.lgamma(n + 1) for n in k) / int((12 - data.val_prompt_len).sum())
     assert data.stats["data_entropy_per_token"] == pytest.approx(expected)
 
 
@@ -144,8 +169,14 @@ def test_the_fingerprint_covers_prompt_lengths():
 
 
 def test_anagram_refusals():
-    with pytest.raises(ConfigError, match="data.seq_len=9 cannot hold an anagram of 4 letters"):
-        load_config(TeacherRunConfig, None, ["data.source=anagram", "data.seq_len=9", "data.anagram.max_letters=4"])
+    with pytest.raises(ConfigError, match="data.seq_len=9 cannot hold every example of data.anagram .*use "
+                                          "data.seq_len=10 or more"):
+        load_config(TeacherRunConfig, None, ["data.source=anagram", "data.seq_len=9", "data.anagram.max_letters=4",
+                                             "data.anagram.show=letters"])
+    with pytest.raises(ConfigError, match="use data.seq_len=14 or more"):  # 12 letters shown or answered, '=', EOS
+        load_config(TeacherRunConfig, None, ["data.source=anagram", "data.seq_len=13"])
+    with pytest.raises(ConfigError, match="data.anagram.show='all' is not one of missing, letters"):
+        AnagramConfig(show="all")
     with pytest.raises(ConfigError, match="max_letters"):
         AnagramConfig(min_letters=3, max_letters=2)
     with pytest.raises(DataError, match="too few letter sets"):
@@ -180,8 +211,8 @@ def test_accuracy_against_reference_answers_and_its_refusals():
     oracle = AnagramOracle(data.task)
     sampler = sampler_from_spec("llada", 64, temperature=0.0)
     prompts, plen = data.val, data.val_prompt_len
-    # at temperature 0 the oracle's answer is the prompt's letters in alphabetical order (the lowest id wins ties)
-    answers = ["".join(sorted(data.tokenizer.decode(row[: p - 1].tolist()))) for row, p in zip(prompts, plen.tolist())]
+    # at temperature 0 the oracle answers in alphabetical order (the lowest id wins ties)
+    answers = [_alphabetical(data.task, row, p) for row, p in zip(prompts, plen.tolist())]
     result = evaluate_accuracy(oracle, sampler, prompts, plen, 64, data.tokenizer, answers=answers)
     assert result.accuracy == 1.0
     wrong = evaluate_accuracy(oracle, sampler, prompts, plen, 64, data.tokenizer, answers=[a[::-1] for a in answers])
