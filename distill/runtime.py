@@ -94,7 +94,7 @@ def prepare_out_dir(out_dir: Path, cfg: Any, resume: bool,
         raise RunError(f"--resume: {error}. Restore an intact last.ckpt or start a new out_dir; nothing was "
                        "changed.") from error
     if saved.exists():
-        old = OmegaConf.to_container(OmegaConf.load(saved))
+        old = _with_defaults(OmegaConf.to_container(OmegaConf.load(saved)), type(cfg))
         new = OmegaConf.to_container(OmegaConf.structured(cfg))
         changed = []
         for section in sections:
@@ -163,6 +163,17 @@ def allocation_errors(what: str) -> Iterator[None]:
             raise
         raise RunError(f"out of memory while {what} ({str(error).splitlines()[0][:120]}); lower data.seq_len, "
                        "data.num_train or the model size") from error
+
+
+def _with_defaults(saved: Any, schema: type) -> Any:
+    """A saved config with the keys it lacks (added by a later fewstep) at their defaults: an older run's
+    config.yaml resumes under today's code unless a key it did record has changed."""
+    def fill(value: Any, default: Any) -> Any:
+        if isinstance(value, dict) and isinstance(default, dict):
+            return {**default, **{k: fill(v, default.get(k)) for k, v in value.items()}}
+        return value
+
+    return fill(saved, OmegaConf.to_container(OmegaConf.structured(schema)))
 
 
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:
