@@ -215,6 +215,8 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
     bar.close()
 
     task = first.meta["data"]["source"]
+    for row in rows:
+        row.setdefault("temperature", 1.0 if row["model"] == "autoregressive" else temperature)
     curves = aup_by_curve(rows)
     for row in rows:  # each prompted row carries its curve's AUP (accuracy against tokens per forward)
         if (row["model"], row["sampler"]) in curves:

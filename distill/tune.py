@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.distill.runtime import RunError
+from fewstep.distill.tradeoff import HIGHER_IS_BETTER, quality_loss
 
 __all__ = ["Target", "tune", "reference_row", "entropy_reference_row", "load_tradeoff"]
 
 
 @dataclass
 class Target:
-    """Quality at most `max_ratio` x the reference's; entropy at least `min_entropy_ratio` x the entropy of the
+    """Quality at most `max_ratio` x the reference's (at least, for accuracy-like metrics: `accuracy:0.99`); entropy at least `min_entropy_ratio` x the entropy of the
     reference model's own many-step samples (`entropy_reference_row`): 0.95 lets a row lose 5%."""
 
     metric: str
@@ -110,17 +111,20 @@ def tune(rows: list[dict[str, Any]], target: Target) -> tuple[dict[str, Any], di
     if target.metric not in ref["quality"]:
         raise RunError(f"the rows have no quality metric {target.metric!r}; they have "
                        f"{', '.join(sorted(ref['quality']))}")
+    higher = target.metric in HIGHER_IS_BETTER  # accuracy: at least RATIO x the reference's; a loss: at most
     bound = target.max_ratio * ref["quality"][target.metric]
     entropy_ref = entropy_reference_row(rows, target)
     floor = target.min_entropy_ratio * entropy_ref["quality"]["entropy"]
     fits = [r for r in rows if r["model"] != "autoregressive" and target.metric in r["quality"]
-            and r["quality"][target.metric] <= bound and r["quality"]["entropy"] >= floor]
+            and (r["quality"][target.metric] >= bound if higher else r["quality"][target.metric] <= bound)
+            and r["quality"]["entropy"] >= floor]
     if not fits:
-        raise RunError(f"no row meets {target.metric} <= {bound:.4g} with entropy >= {floor:.4g} ({target.min_entropy_ratio:g} x "
-                       f"{target.reference_model}@{entropy_ref['steps']}'s); relax the target or bench more step counts")
+        raise RunError(f"no row meets {target.metric} {'>=' if higher else '<='} {bound:.4g} with entropy >= "
+                       f"{floor:.4g} ({target.min_entropy_ratio:g} x {target.reference_model}@{entropy_ref['steps']}'s); "
+                       "relax the target or bench more step counts")
     fewest = [r for r in fits if r["steps"] == min(f["steps"] for f in fits)]
     # timing noise must not pick the worse of two rows with the same cost (e.g. two students at 4 steps)
     fastest = max(r["tokens_per_s"] for r in fewest)
     as_fast = [r for r in fewest if r["tokens_per_s"] >= (1.0 - target.speed_tolerance) * fastest]
-    chosen = min(as_fast, key=lambda r: (r["quality"][target.metric], -r["tokens_per_s"]))
+    chosen = min(as_fast, key=lambda r: (quality_loss(r, target.metric), -r["tokens_per_s"]))
     return chosen, ref

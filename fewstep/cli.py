@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("tradeoff", metavar="TRADEOFF_JSON", help="a tradeoff.json written by `fewstep bench`")
     tune.add_argument("--target", required=True, metavar="METRIC:RATIO",
-                      help="e.g. gen_nll:1.05 or exact_nll:1.05 (lower-is-better metric, at most RATIO x reference)")
+                      help="e.g. gen_nll:1.05 or exact_nll:1.05 (a loss: at most RATIO x the reference's), or "
+                           "accuracy:0.99 on a prompt set (at least RATIO x the reference's)")
     tune.add_argument("--reference", required=True, metavar="MODEL@STEPS", help="the reference row, e.g. teacher@128")
     tune.add_argument("--min-entropy", type=float, default=0.95,
                       help="entropy at least this fraction of the reference's (default 0.95)")
@@ -322,7 +323,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
         directory = resolve_model_dir(args.export)
         settings = {"steps": chosen["steps"], "sampler": chosen["sampler"], "schedule": chosen["schedule"],
-                    "temperature": 1.0, "tuned": {"target": args.target, "reference": args.reference,
+                    "temperature": chosen.get("temperature", 1.0), "tuned": {"target": args.target, "reference": args.reference,
                                                   "min_entropy": args.min_entropy, "row": chosen}}
         atomic_write_text(directory / GENERATION_FILE, json.dumps(settings, indent=2))
         print(f"wrote {directory / GENERATION_FILE}")

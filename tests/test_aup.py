@@ -71,3 +71,16 @@ def test_the_pareto_front_and_aup_of_a_prompted_sweep():
     assert curves[("teacher", "llada")] == pytest.approx(aup([1.0, 4.0], [95.0, 40.0], 95.0))
     assert curves[("student", "llada")] == pytest.approx(aup([4.0, 8.0], [93.0, 91.0], 95.0))
     assert curves[("student", "llada")] > curves[("teacher", "llada")]
+
+
+def test_tune_to_an_accuracy_target_keeps_at_least_the_ratio():
+    from fewstep.distill.tune import Target, tune
+
+    rows = [_row("teacher", "llada", 100, 0.95, 1.0), _row("teacher", "llada", 400, 0.40, 4.0),
+            _row("student", "llada", 400, 0.945, 4.0), _row("student", "llada", 800, 0.91, 8.0)]
+    for row, steps in zip(rows, (16, 4, 4, 2)):
+        row["steps"], row["schedule"] = steps, "even"
+    chosen, ref = tune(rows, Target("accuracy", "teacher", 16, 0.99, min_entropy_ratio=0.0))
+    assert ref is rows[0] and chosen is rows[2]  # 0.945 >= 0.99 x 0.95; the 2-step student (0.91) is not
+    with pytest.raises(Exception, match="accuracy >= "):
+        tune(rows, Target("accuracy", "teacher", 16, 1.01, min_entropy_ratio=0.0))
