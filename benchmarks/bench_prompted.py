@@ -1,0 +1,107 @@
+"""Prompted distillation benchmark: accuracy against tokens per forward pass on the embedded `anagram` task.
+
+    python benchmarks/bench_prompted.py --teacher runs/teacher-anagram --out runs/bench-prompted
+
+The teacher is a `fewstep teacher configs/teacher/anagram.yaml` run (trained here first with
+`--train-teacher`). For every seed it runs `fewstep distill configs/distill/anagram.yaml` (trajectory
+distillation on the teacher's greedy answers to the training prompts; a finished run is reused), then one
+`fewstep bench` over the teacher (undistilled) and each round's student x the samplers x the step
+counts on the validation prompts: exact-match accuracy (the task's checker), response tokens per forward
+pass, response tokens/s and each curve's AUP (d3LLM). Reports mean and standard deviation over the seeds
+(the teacher's rows repeat per seed: its spread is the prompts' sampling noise only) and writes
+`<out>/bench.json` and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench
+from fewstep.distill.config import TeacherRunConfig, load_config
+from fewstep.distill.distill_config import DistillRunConfig
+from fewstep.distill.distill_run import run_distill
+from fewstep.distill.train import train_teacher
+from fewstep.pipeline import format_table
+
+
+def distil(teacher: Path, out: Path, seed: int, overrides: list[str]) -> Path:
+    run = out / f"distill-seed{seed}"
+    if not (run / "model" / "fewstep.json").exists():
+        cfg = load_config(DistillRunConfig, "distill/anagram",
+                          [f"teacher.path={teacher}", f"out_dir={run}", f"trainer.seed={seed}",
+                           "logger.wandb.mode=disabled", *overrides])
+        began = time.perf_counter()
+        run_distill(cfg)
+        print(f"distillation seed {seed}: {time.perf_counter() - began:.0f} s", flush=True)
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every distillation run")
+    parser.add_argument("--teacher", required=True, help="the anagram teacher's run directory")
+    parser.add_argument("--train-teacher", action="store_true", help="train it first (configs/teacher/anagram.yaml)")
+    parser.add_argument("--out", required=True, help="benchmark directory (finished runs are reused)")
+    parser.add_argument("--seeds", default="0,1,2", help="distillation seeds")
+    parser.add_argument("--samplers", default="llada,fast-dllm")
+    parser.add_argument("--steps", default="1,2,4,8,16")
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    out, teacher = Path(args.out), Path(args.teacher)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    if args.train_teacher and not (teacher / "model" / "fewstep.json").exists():
+        began = time.perf_counter()
+        train_teacher(load_config(TeacherRunConfig, "teacher/anagram", [f"out_dir={teacher}",
+                                                                          "logger.wandb.mode=disabled"]))
+        print(f"teacher: {time.perf_counter() - began:.0f} s", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = {seed: distil(teacher, out, seed, args.overrides) for seed in seeds}
+    per_seed = {}
+    for seed, run in runs.items():
+        models = [BenchModel("teacher", str(teacher / "model"))]
+        models += [BenchModel(f"student-r{p.parent.name.split('_')[1]}", str(p)) for p in sorted(run.glob("round_*/model"))]
+        cfg = BenchRunConfig(out_dir=str(out / f"bench-seed{seed}"), models=models,
+                             samplers=args.samplers.split(","), steps=[int(s) for s in args.steps.split(",")],
+                             num_samples=args.num_prompts, repeats=args.repeats, seed=seed)
+        cfg.logger.wandb.mode = "disabled"
+        per_seed[seed] = run_bench(cfg, progress=False, overwrite=True)["rows"]
+    table = []
+    keys = sorted({(r["model"], r["sampler"], r["steps"]) for rows in per_seed.values() for r in rows},
+                  key=lambda k: (k[0] != "teacher", k[0], k[1], k[2]))
+    for model, sampler, steps in keys:
+        cells = [r for rows in per_seed.values() for r in rows
+                 if (r["model"], r["sampler"], r["steps"]) == (model, sampler, steps)]
+
+        def stat(get):
+            values = [get(r) for r in cells]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            return statistics.fmean(values), sd
+
+        acc, acc_sd = stat(lambda r: 100 * r["quality"]["accuracy"])
+        tpf, tpf_sd = stat(lambda r: r["tokens_per_forward"])
+        aup, aup_sd = stat(lambda r: r["quality"]["aup"])
+        ent, _ = stat(lambda r: r["quality"]["entropy"])
+        tps, _ = stat(lambda r: r["tokens_per_s"])
+        nfe, _ = stat(lambda r: r["nfe"])
+        table.append({"model": model, "sampler": sampler, "steps": steps, "nfe": round(nfe, 2),
+                      "accuracy_%": f"{acc:.1f} ± {acc_sd:.1f}", "tokens_per_forward": f"{tpf:.2f} ± {tpf_sd:.2f}",
+                      "answer_entropy": round(ent, 3), "tokens_per_s": round(tps), "aup": f"{aup:.1f} ± {aup_sd:.1f}"})
+    payload = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+               "seeds": seeds, "rows": table, "per_seed": per_seed}
+    (out / "bench.json").write_text(json.dumps(payload, indent=2))
+    print(format_table(table, list(table[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
