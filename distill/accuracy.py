@@ -22,7 +22,7 @@ from fewstep.distill.data import DataError, TokenData
 from fewstep.samplers.presets import sampler_from_spec
 from fewstep.samplers.sampler import Sampler
 
-__all__ = ["AccuracyResult", "evaluate_accuracy", "response_ids", "task_accuracy"]
+__all__ = ["AccuracyResult", "evaluate_accuracy", "reference_answers", "response_ids", "task_accuracy"]
 
 Checker = Callable[[str, str], bool]
 
@@ -54,6 +54,14 @@ def response_ids(row: torch.Tensor, prompt_len: int, eos_id: int) -> list[int]:
 
 def _normalise(text: str) -> str:
     return " ".join(text.split())
+
+
+def reference_answers(data: Any, count: int) -> list[str]:
+    """The validation rows' own responses (decoded up to their first EOS): the answers of a prompt set
+    without a checker (prompted jsonl)."""
+    eos = data.tokenizer.eos_token_id
+    return [data.tokenizer.decode(response_ids(data.val[i], int(data.val_prompt_len[i]), eos), skip_special_tokens=True)
+            for i in range(count)]
 
 
 def evaluate_accuracy(model: nn.Module, sampler: Sampler, prompts: torch.Tensor, prompt_len: torch.Tensor,

@@ -28,9 +28,8 @@ from fewstep.distill.distill_config import DistillRunConfig
 from fewstep.distill.ema import SubmoduleEMA
 from fewstep.distill.io import atomic_write_text
 from fewstep.distill.model_dir import load_model_dir, save_model_dir
-from fewstep.distill.accuracy import evaluate_accuracy
+from fewstep.distill.accuracy import evaluate_accuracy, reference_answers
 from fewstep.distill.quality import response_entropy, sample_quality, unigram_entropy
-from fewstep.distill.tradeoff import reference_answers
 from fewstep.samplers.presets import sample_with_spec, sampler_from_spec
 
 __all__ = ["RoundCallback", "round_dir"]

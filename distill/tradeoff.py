@@ -26,7 +26,7 @@ from fewstep.distill.io import atomic_save, atomic_write_text
 from fewstep.distill.quality import markov_quality, response_entropy, unigram_entropy
 
 __all__ = ["SampleFn", "Candidate", "measure", "measure_prompted", "ar_row", "pareto_front", "quality_key",
-           "quality_loss", "aup_by_curve", "reference_answers", "HIGHER_IS_BETTER", "write_tradeoff",
+           "quality_loss", "aup_by_curve", "HIGHER_IS_BETTER", "write_tradeoff",
            "plot_pareto", "log_wandb", "python_lines_ok"]
 
 # (model, num_samples, seq_len, steps, seed) -> (tokens [N, L], nfe per sequence, seconds)
@@ -107,22 +107,12 @@ def measure(candidate: Candidate, steps: int, data: Any, num_samples: int, seed:
     }
 
 
-def reference_answers(data: Any, count: int) -> list[str]:
-    """The validation rows' own responses (decoded up to their first EOS): the answers of a prompt set
-    without a checker (prompted jsonl)."""
-    from fewstep.distill.accuracy import response_ids
-
-    eos = data.tokenizer.eos_token_id
-    return [data.tokenizer.decode(response_ids(data.val[i], int(data.val_prompt_len[i]), eos), skip_special_tokens=True)
-            for i in range(count)]
-
-
 def measure_prompted(candidate: Candidate, steps: int, data: Any, num_prompts: int, seed: int,
                      repeats: int = 1) -> dict[str, Any]:
     """One row on the validation prompts: accuracy (the task's exact checker, or the reference responses
     after whitespace normalisation), response tokens per forward pass and per second (never the prompt),
     the answers' entropy; the median time over `repeats`, quality from the first."""
-    from fewstep.distill.accuracy import evaluate_accuracy
+    from fewstep.distill.accuracy import evaluate_accuracy, reference_answers
 
     if candidate.build is None:
         raise ValueError("a prompted row samples through the Sampler itself: give the candidate a build function")

@@ -173,3 +173,20 @@ def test_bench_on_a_prompted_task_reports_accuracy_tokens_per_forward_and_aup(an
     assert llada[2]["tokens_per_forward"] > llada[8]["tokens_per_forward"]
     table = summary_rows(rows)
     assert {"accuracy", "aup", "tpf", "entropy", "steps"} <= set(table[0])
+
+
+def test_reference_answers_are_the_validation_responses(tmp_path):
+    import json as _json
+
+    from fewstep.distill.accuracy import reference_answers
+
+    path = tmp_path / "qa.jsonl"
+    records = [{"prompt": f"question {i}?", "response": f"answer {i * 7}"} for i in range(60)]
+    path.write_text("".join(_json.dumps(r) + "\n" for r in records))
+    data = build_data(DataConfig(source="jsonl", path=str(path), prompted=True, seq_len=24, vocab_size=300,
+                                 val_fraction=0.3))
+    answers = reference_answers(data, len(data.val))
+    expected = {r["prompt"]: r["response"] for r in records}
+    for i, answer in enumerate(answers):
+        prompt = data.tokenizer.decode(data.val[i, : int(data.val_prompt_len[i])].tolist(), skip_special_tokens=True)
+        assert " ".join(answer.split()) == " ".join(expected[prompt.strip()].split())
