@@ -298,7 +298,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from fewstep.distill.config import ConfigError
-    from fewstep.distill.tune import Target, load_tradeoff, tune
+    from fewstep.distill.tune import Target, entropy_reference_row, load_tradeoff, tune
 
     try:
         metric, ratio = args.target.split(":")
@@ -310,9 +310,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                           "(teacher@128)") from error
     if not 0.0 <= args.speed_tolerance < 1.0:
         raise ConfigError(f"--speed-tolerance must be in [0, 1), got {args.speed_tolerance}")
-    chosen, ref = tune(load_tradeoff(args.tradeoff)["rows"], target)
-    print(f"reference {ref['model']} @ {ref['steps']} steps: {metric} {ref['quality'][metric]:.4f}, "
-          f"entropy {ref['quality']['entropy']:.4f}")
+    rows = load_tradeoff(args.tradeoff)["rows"]
+    chosen, ref = tune(rows, target)
+    floor = entropy_reference_row(rows, target)
+    print(f"reference {ref['model']} @ {ref['steps']} steps: {metric} {ref['quality'][metric]:.4f}; entropy floor "
+          f"{args.min_entropy:g} x {floor['quality']['entropy']:.4f} ({floor['model']} @ {floor['steps']} steps)")
     print(f"chosen    {chosen['model']} ({chosen['sampler']}, {chosen['schedule']}) @ {chosen['steps']} steps: "
           f"{metric} {chosen['quality'][metric]:.4f}, entropy {chosen['quality']['entropy']:.4f}, "
           f"{chosen['tokens_per_s']:.0f} tokens/s ({chosen['tokens_per_s'] / ref['tokens_per_s']:.2f}x the reference)")

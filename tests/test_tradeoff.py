@@ -173,6 +173,7 @@ def test_tune_cli_writes_the_choice_into_the_export(tiny_teacher, tmp_path):
                      "--export", str(tmp_path / "export"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "student" in result.stdout and "16 steps" in result.stdout
+    assert "entropy floor 0.95 x" in result.stdout and "(teacher @ " in result.stdout  # the floor's own row
     assert fewstep.load(tmp_path / "export").generation["steps"] == 16
     bad = run_cli("tune", str(tradeoff), "--target", "gen_nll", "--reference", "teacher@128")
     assert bad.returncode == 2 and "METRIC:RATIO" in bad.stderr
