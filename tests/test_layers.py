@@ -47,7 +47,7 @@ def test_nothing_imports_the_cli():
         assert not {m for m in _imports(path) if m.startswith("fewstep.cli")}, f"{path.relative_to(ROOT)} imports the CLI"
 
 
-def test_importing_every_module_changes_no_process_wide_state():
+def test_importing_every_module_changes_no_process_wide_state(tmp_path):
     modules = [f"{package}.{path.stem}" if path.stem != "__init__" else package for package, path in _modules()
                if path.stem != "__main__"]
     script = f"""
@@ -66,13 +66,14 @@ from pathlib import Path
 from fewstep.distill.tradeoff import plot_pareto
 rows = [{{"model": "m", "sampler": "s", "steps": n, "tokens_per_s": 10.0 * n, "quality": {{"entropy": 1.0 / n}}}}
         for n in (1, 2)]
-plot_pareto(rows, Path({str(ROOT)!r}) / ".pytest-layers-pareto.png")
-os.remove(Path({str(ROOT)!r}) / ".pytest-layers-pareto.png")
+plot_pareto(rows, Path({str(tmp_path)!r}) / "pareto.png")
 print(json.dumps({{"filters": before[0] == after[0], "new_filters": after[0][: len(after[0]) - len(before[0])],
                   "environ": sorted(set(after[1].items()) ^ set(before[1].items())),
                   "backend": matplotlib.rcParams["backend"] == backend}}))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # from a neutral directory: in the checkout, `-c` would import the source folder fewstep/ in place of the
+    # installed package (whose subpackages map to distill/, samplers/, kernels/)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     state = json.loads(result.stdout.strip().splitlines()[-1])
     assert state["filters"], f"importing fewstep added warning filters: {state['new_filters']}"
