@@ -36,6 +36,7 @@ from fewstep.distill.data import MASK_TOKEN, DataError, TokenData, fingerprint, 
 __all__ = [
     "SPECIALS",
     "build_corpus_data",
+    "jsonl_values",
     "load_documents",
     "load_tokenizer",
     "pack",
@@ -172,19 +173,26 @@ def _jsonl_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str]]:
                 yield number, text
 
 
+def jsonl_values(path: Path, max_bytes: int, expected: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, "PATH line N", parsed JSON value) of each non-blank line; a line that is not JSON is
+    one DataError saying each line must be one JSON object with `expected` (e.g. "a 'text' field")."""
+    for number, line in _jsonl_lines(path, max_bytes):
+        where = f"{path} line {number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where} is not valid JSON ({error.msg}); each line must be one JSON object with "
+                            f"{expected}") from error
+        yield number, where, value
+
+
 def _jsonl_documents(cfg: DataConfig) -> list[str]:
     path, field = _file(cfg), cfg.text_field
 
     def read() -> Iterator[str]:
         seen = False
-        for number, line in _jsonl_lines(path, cfg.max_bytes):
+        for _, where, obj in jsonl_values(path, cfg.max_bytes, f"a {field!r} field"):
             seen = True
-            where = f"{path} line {number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where} is not valid JSON ({error.msg}); each line must be one JSON "
-                                f"object with a {field!r} field") from error
             if not isinstance(obj, dict) or field not in obj:
                 keys = f" (its fields: {', '.join(map(str, obj))})" if isinstance(obj, dict) else ""
                 raise DataError(f"{where} has no field {field!r}{keys}; set data.text_field=... to the "

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fewstep.distill.corpus import _jsonl_lines
+from fewstep.distill.corpus import jsonl_values
 from fewstep.distill.data import DataError
 from fewstep.distill.denoiser import Denoiser, ModelError
 from fewstep.distill.io import CheckpointError, OwnershipError, atomic_replace_dir, load_checkpoint
@@ -209,13 +209,9 @@ def read_prompts(path: Path, field: str = "prompt") -> list[str]:
     if not path.is_file():
         raise DataError(f"--prompts {path} is not a file; give a jsonl file with a {field!r} field on every line")
     prompts = []
-    for number, line in _jsonl_lines(path, max_bytes=0):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} line {number} is not valid JSON ({error.msg})") from error
+    for _, where, record in jsonl_values(path, 0, f"a string {field!r} field"):
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise DataError(f"{path} line {number} has no string field {field!r}; every line must be an object "
+            raise DataError(f"{where} has no string field {field!r}; every line must be an object "
                             f'like {{"{field}": "..."}}')
         prompts.append(record[field])
     if not prompts:

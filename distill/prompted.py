@@ -28,9 +28,9 @@ from fewstep.distill.config import DataConfig
 from fewstep.distill.corpus import (
     _empty,
     _file,
-    _jsonl_lines,
     _vocab_hash,
     encode_texts,
+    jsonl_values,
     load_tokenizer,
     train_tokenizer,
     validation_flags,
@@ -69,13 +69,7 @@ def read_records(cfg: DataConfig) -> list[Record]:
                "data.prompt_field=... / data.response_field=... (or data.text_field with data.prompted=false)")
     records: list[Record] = []
     used = 0
-    for number, line in _jsonl_lines(path, cfg.max_bytes):
-        where = f"{path} line {number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where} is not valid JSON ({error.msg}); each line must be one JSON object with "
-                            f"the field(s) {', '.join(map(repr, wanted))}") from error
+    for number, where, obj in jsonl_values(path, cfg.max_bytes, f"the field(s) {', '.join(map(repr, wanted))}"):
         if not isinstance(obj, dict):
             raise DataError(f"{where} is a JSON {type(obj).__name__}, not an object with the field(s) "
                             f"{', '.join(map(repr, wanted))}")
