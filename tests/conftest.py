@@ -60,3 +60,21 @@ def tiny_teacher(tmp_path_factory) -> Path:
     cfg = load_config(TeacherRunConfig, None, tiny_overrides(out, "trainer.max_steps=6", "trainer.val_every=3"))
     train_teacher(cfg)
     return out
+
+
+import lightning as L  # noqa: E402  (after TRITON_INTERPRET is set above: Lightning imports Triton)
+
+
+class Crash(RuntimeError):
+    """The simulated crash of `StopAt`."""
+
+
+class StopAt(L.Callback):
+    """Simulate a crash after `step` optimiser steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise Crash("simulated crash")

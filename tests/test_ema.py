@@ -7,7 +7,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import Crash, StopAt, tiny_overrides
 
 from fewstep.distill.config import ConfigError, TeacherRunConfig, load_config
 from fewstep.distill.ema import RAW_STATE_KEY, SubmoduleEMA, better_weights, warmup_decay
@@ -88,19 +88,6 @@ def test_a_bad_ema_value_is_one_config_error():
 
 def _cfg(out, *extra):
     return load_config(TeacherRunConfig, None, tiny_overrides(out, "logger.wandb.mode=disabled", *extra))
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class StopAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            raise Crash("simulated crash")
 
 
 def test_a_resumed_teacher_keeps_the_update_count_and_ends_with_the_same_average(tmp_path):

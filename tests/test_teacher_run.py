@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import Crash, StopAt, tiny_overrides
 from wandb_records import history_keys
 
 from fewstep.distill.config import TeacherRunConfig, load_config
@@ -49,21 +49,6 @@ def test_wandb_offline_run_holds_the_metrics(tiny_teacher):
     files = list(runs[0].glob("*.wandb"))
     assert len(files) == 1
     assert {"train/nelbo", "val/nelbo", "val/nelbo_raw", "val/gap"} <= history_keys(files[0])
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class StopAt(L.Callback):
-    """Simulate a crash after `step` optimiser steps."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            raise Crash("simulated crash")
 
 
 class FirstStep(L.Callback):
