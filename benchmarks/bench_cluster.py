@@ -23,11 +23,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.distill_run import run_distill
-from fewstep.distill.train import train_teacher
-from fewstep.pipeline import format_table
+from fewstep.core.config import load_config
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.summary import format_table
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
 
 MODEL = ["model.hidden_size=768", "model.num_layers=12", "model.num_heads=12", "model.intermediate_size=1152",
          "model.local_attention=128"]

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from fewstep.distill.bench import sampler_fn
-from fewstep.distill.config import load_config
-from fewstep.distill.data import build_data
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.distill_run import run_distill
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.quality import sample_quality
-from fewstep.distill.tradeoff import sample_quality_row
-from fewstep.pipeline import format_table
+from fewstep.core.config import load_config
+from fewstep.data.sources import build_data
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.evaluation.quality import sample_quality
+from fewstep.model.model_dir import load_model_dir
+from fewstep.summary import format_table
+from fewstep.tradeoff.bench import sampler_fn
+from fewstep.tradeoff.pareto import sample_quality_row
 
 
 def evaluate(model, label: str, steps: int, data, reference, seeds: list[int], num_samples: int,
@@ -103,7 +103,7 @@ def main() -> int:
     data = build_data(first_cfg.data, tokenizer=None if first_cfg.data.source == "markov" else teacher.tokenizer)
     evaluator = None
     if args.evaluator:
-        from fewstep.distill.evaluator import load_evaluator
+        from fewstep.evaluation.autoregressive import load_evaluator
 
         evaluator = load_evaluator(args.evaluator)
     run = dict(sampler=args.sampler, evaluator=evaluator)

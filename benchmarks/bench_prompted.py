@@ -24,12 +24,14 @@ from pathlib import Path
 
 import torch
 
-from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.distill_run import run_distill
-from fewstep.distill.train import train_teacher
-from fewstep.pipeline import format_table
+from fewstep.core.config import load_config
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.summary import format_table
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
+from fewstep.tradeoff.bench import run_bench
+from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 
 
 def distil(teacher: Path, out: Path, seed: int, overrides: list[str]) -> Path:

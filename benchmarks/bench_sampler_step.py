@@ -94,7 +94,7 @@ def measure_one(size: str, preset: str, steps: int, repeats: int, seed: int) -> 
 
 def measure_model(model_dir: str, steps: int, num_samples: int, repeats: int, spec: str) -> dict:
     """`fewstep generate`'s sampling on a real model: total time, the model's share, the sampler's."""
-    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.model.model_dir import load_model_dir
     from fewstep.samplers.presets import sample_with_spec
 
     loaded = load_model_dir(model_dir)

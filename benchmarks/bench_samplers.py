@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
-from fewstep.distill.config import MarkovConfig, load_config
-from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.quality import markov_quality, task_for
+from fewstep.core.config import load_config
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
+from fewstep.evaluation.quality import markov_quality, task_for
+from fewstep.model.model_dir import load_model_dir
 from fewstep.samplers import Sampler, make_policy, make_step_schedule
-from fewstep.samplers.schedule_run import ScheduleRunConfig, learn_schedule
+from fewstep.schedule.config import ScheduleRunConfig
+from fewstep.schedule.run import learn_schedule
 
 # label -> (policy, schedule, policy options)
 HEURISTICS: dict[str, tuple[str, str, dict[str, Any]]] = {

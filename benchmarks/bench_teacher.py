@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.data import build_data
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.quality import markov_quality, unigram_entropy
-from fewstep.distill.train import train_teacher
-from fewstep.pipeline import format_table
+from fewstep.core.config import load_config
+from fewstep.data.sources import build_data
+from fewstep.evaluation.quality import markov_quality, unigram_entropy
+from fewstep.model.model_dir import load_model_dir
 from fewstep.samplers.presets import sample_with_spec
+from fewstep.summary import format_table
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
 
 
 def machine() -> str:

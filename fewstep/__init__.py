@@ -5,7 +5,9 @@ modules, export), `fewstep.samplers` (samplers and unmasking schedules) and `few
 (fused denoising-step kernels).
 """
 
-__version__ = "0.1.0"
+from fewstep.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path, device="cpu", trust_remote_code=False):
@@ -14,6 +16,8 @@ def load(path, device="cpu", trust_remote_code=False):
     `trust_remote_code=True` lets a directory that ships its own modeling code run it: pass it only for
     a directory whose code you have read; the directory itself never decides.
     """
-    from fewstep.distill.export import load as _load
+    # lazy: at the top, `import fewstep.kernels` (or any part) would load the whole stack (torch, lightning,
+    # transformers) through this package's __init__
+    from fewstep.deploy.export import load as _load
 
     return _load(path, device=device, trust_remote_code=trust_remote_code)

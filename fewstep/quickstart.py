@@ -17,10 +17,22 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from fewstep.distill.config import TeacherRunConfig, load_config, save_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.ownership import check_dir, claim_dir, remove_owned
-from fewstep.distill.runtime import RunError
+from fewstep.core.config import load_config, save_config
+from fewstep.core.ownership import check_dir, claim_dir, remove_owned
+from fewstep.deploy.export import export_model
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.errors import RunError
+from fewstep.evaluation.autoregressive import train_evaluator
+from fewstep.evaluation.config import EvaluatorRunConfig
+from fewstep.schedule.config import ScheduleRunConfig
+from fewstep.schedule.run import run_schedule_config
+from fewstep.summary import format_table
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
+from fewstep.tradeoff.bench import run_bench, summary_rows
+from fewstep.tradeoff.config import BenchModel, BenchRunConfig
+from fewstep.tradeoff.tune import Target, reference_row, tune
 
 __all__ = ["QuickstartConfig", "quickstart"]
 
@@ -84,13 +96,6 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
     out = Path(out)
     cfg = load_config(QuickstartConfig, "quickstart", overrides)
     _prepare_out(out, cfg, fresh)  # refusals come first, before any stage is even imported
-    from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench, summary_rows
-    from fewstep.distill.distill_run import run_distill
-    from fewstep.distill.evaluator import EvaluatorRunConfig, train_evaluator
-    from fewstep.distill.export import export_model
-    from fewstep.distill.train import train_teacher
-    from fewstep.distill.tune import Target, reference_row, tune
-    from fewstep.pipeline import format_table
     total = 7
 
     teacher_dir = out / "teacher"
@@ -126,7 +131,6 @@ def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = Non
     student_steps = d_cfg.rounds.steps_for(cfg.distill_rounds - 1)
     if not _stage(f"learned step allocation ({student_steps} steps, {cfg.schedule_policy} order)", 4, total,
                   (last_student / "scheduler_config.json").exists(), last_student / "scheduler_config.json"):
-        from fewstep.samplers.schedule_run import ScheduleRunConfig, run_schedule_config
 
         run_schedule_config(load_config(ScheduleRunConfig, None, [
             f"model={last_student}", f"steps={student_steps}", "what=allocation",

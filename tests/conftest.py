@@ -53,8 +53,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A teacher trained for a few steps on a tiny markov task; returns its out_dir."""
-    from fewstep.distill.config import TeacherRunConfig, load_config
-    from fewstep.distill.train import train_teacher
+    from fewstep.core.config import load_config
+    from fewstep.teacher.config import TeacherRunConfig
+    from fewstep.teacher.run import train_teacher
 
     out = tmp_path_factory.mktemp("teacher") / "run"
     cfg = load_config(TeacherRunConfig, None, tiny_overrides(out, "trainer.max_steps=6", "trainer.val_every=3"))

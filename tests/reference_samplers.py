@@ -17,8 +17,8 @@ import time
 import torch
 from torch import nn
 
-from fewstep.distill.diffusion import NoiseSchedule, make_schedule
-from fewstep.distill.noise import NoiseSource, uniform
+from fewstep.core.diffusion import NoiseSchedule, make_schedule
+from fewstep.core.streams import NoiseSource, uniform
 from fewstep.samplers import SampleOutput
 
 __all__ = ["ancestral_sample", "gumbel_argmax"]

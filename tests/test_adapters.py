@@ -14,13 +14,16 @@ import lightning as L
 import pytest
 import torch
 
-from fewstep.distill.adapters import FAMILIES, apply_lora, detect_family, load_hf_teacher, merged_copy
-from fewstep.distill.config import load_config
-from fewstep.distill.data import DataError, build_data
-from fewstep.distill.denoiser import ModelError
-from fewstep.distill.distill_config import DistillRunConfig, LoraConfig, TeacherSourceConfig
-from fewstep.distill.distill_run import run_distill
-from fewstep.distill.model_dir import load_model_dir, save_model_dir
+from fewstep.core.config import load_config
+from fewstep.data.sources import build_data
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.errors import DataError, ModelError
+from fewstep.model.config import LoraConfig, TeacherSourceConfig
+from fewstep.model.families import FAMILIES, detect_family
+from fewstep.model.hub import load_hf_teacher
+from fewstep.model.lora import apply_lora, merged_copy
+from fewstep.model.model_dir import load_model_dir, save_model_dir
 
 WORDS = ("the cat dog sat ran on a mat log red blue big small fox jumps over lazy river tree stone "
          "light dark quick slow bird sings song morning night").split()
@@ -360,7 +363,7 @@ def test_clear_errors_for_a_mask_or_tokenizer_that_does_not_fit(standins, tmp_pa
 
 
 def test_data_with_a_teacher_tokenizer(standins, corpus, tmp_path):
-    from fewstep.distill.config import DataConfig
+    from fewstep.data.config import DataConfig
 
     tokenizer = load_hf_teacher(source(standins["mdlm"], "mdlm")).tokenizer
     cfg = DataConfig(source="text", path=str(corpus), seq_len=16, val_fraction=0.2, tokenizer="/nonexistent")
@@ -376,7 +379,7 @@ def test_data_with_a_slow_tokenizer(tmp_path):
     """Dream's tokenizer is a slow (Python) one: no tokenizer.json, no backend to encode with."""
     from transformers import PreTrainedTokenizer
 
-    from fewstep.distill.config import DataConfig
+    from fewstep.data.config import DataConfig
 
     class WordTokenizer(PreTrainedTokenizer):
         def __init__(self, **kwargs):
@@ -591,7 +594,7 @@ def test_a_lora_run_resumes_to_the_same_merged_student(standins, corpus, tmp_pat
 
 class EmaKeys(L.Callback):
     def on_train_end(self, trainer, module):
-        from fewstep.distill.ema import SubmoduleEMA
+        from fewstep.training.ema import SubmoduleEMA
 
         ema = next(c for c in trainer.callbacks if isinstance(c, SubmoduleEMA))
         self.keys = set(ema.shadow)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fewstep.distill.aup import aup, aup_weight
+from fewstep.evaluation.aup import aup, aup_weight
 
 
 def reference_aup(rho, y, y_max, alpha=3.0, y_min_offset=5.0):
@@ -60,7 +60,7 @@ def _row(model, sampler, tps, accuracy, tpf):
 
 
 def test_the_pareto_front_and_aup_of_a_prompted_sweep():
-    from fewstep.distill.tradeoff import aup_by_curve, pareto_front, quality_key
+    from fewstep.tradeoff.pareto import aup_by_curve, pareto_front, quality_key
 
     rows = [_row("teacher", "llada", 100, 0.95, 1.0), _row("teacher", "llada", 400, 0.40, 4.0),
             _row("student", "llada", 400, 0.93, 4.0), _row("student", "llada", 800, 0.91, 8.0)]
@@ -74,7 +74,7 @@ def test_the_pareto_front_and_aup_of_a_prompted_sweep():
 
 
 def test_tune_to_an_accuracy_target_keeps_at_least_the_ratio():
-    from fewstep.distill.tune import Target, tune
+    from fewstep.tradeoff.tune import Target, tune
 
     rows = [_row("teacher", "llada", 100, 0.95, 1.0), _row("teacher", "llada", 400, 0.40, 4.0),
             _row("student", "llada", 400, 0.945, 4.0), _row("student", "llada", 800, 0.91, 8.0)]

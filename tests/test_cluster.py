@@ -13,11 +13,12 @@ import pytest
 import torch
 from conftest import TINY, run_cli, tiny_overrides
 
-from fewstep.distill.config import ConfigError, load_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.loader import GlobalBatchSampler
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.noise import step_noise
+from fewstep.core.config import load_config
+from fewstep.core.streams import step_noise
+from fewstep.data.loader import GlobalBatchSampler
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.errors import ConfigError
+from fewstep.model.model_dir import load_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = [o for o in TINY if o.startswith("data.")]
@@ -125,8 +126,8 @@ class LargestUpdate(L.Callback):
 
 def test_gradient_clipping_goes_through_the_fsdp_aware_hook(tmp_path):
     """Clipping runs in `configure_gradient_clipping` (which FSDP needs) and still clips outside FSDP."""
-    from fewstep.distill.config import TeacherRunConfig
-    from fewstep.distill.train import train_teacher
+    from fewstep.teacher.config import TeacherRunConfig
+    from fewstep.teacher.run import train_teacher
 
     moved = {}
     for clip in ("0", "1e-12"):
@@ -150,8 +151,8 @@ def test_fsdp_without_gpus_and_fsdp_distillation_are_refused_clearly(tiny_teache
 
 
 def test_activation_checkpointing_gives_the_same_training(tmp_path):
-    from fewstep.distill.config import TeacherRunConfig
-    from fewstep.distill.train import train_teacher
+    from fewstep.teacher.config import TeacherRunConfig
+    from fewstep.teacher.run import train_teacher
 
     losses = {}
     for flag in ("false", "true"):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fewstep.distill.config import ConfigError, TeacherRunConfig, load_config, resolve_config_path
+from fewstep.core.config import load_config, resolve_config_path
+from fewstep.errors import ConfigError
+from fewstep.teacher.config import TeacherRunConfig
 
 
 def test_overrides_merge_over_yaml(tmp_path):
@@ -58,8 +60,8 @@ def test_shipped_teacher_configs_load(name):
 
 
 def test_other_shipped_configs_load():
-    from fewstep.distill.distill_config import DistillRunConfig
-    from fewstep.distill.evaluator import EvaluatorRunConfig
+    from fewstep.distillation.config import DistillRunConfig
+    from fewstep.evaluation.config import EvaluatorRunConfig
     from fewstep.quickstart import QuickstartConfig
 
     assert load_config(QuickstartConfig, "quickstart").distill_rounds >= 1

@@ -8,15 +8,9 @@ import sys
 import pytest
 import torch
 
-from fewstep.distill.config import DataConfig
-from fewstep.distill.corpus import (
-    SPECIALS,
-    build_corpus_data,
-    load_documents,
-    split_documents,
-    stdlib_files,
-)
-from fewstep.distill.data import DataError
+from fewstep.data.config import DataConfig
+from fewstep.data.corpus import SPECIALS, build_corpus_data, load_documents, split_documents, stdlib_files
+from fewstep.errors import DataError
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jumbo crates".split()
 

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from fewstep.distill.config import ModelConfig
-from fewstep.distill.data import markov_tokenizer
-from fewstep.distill.denoiser import ModelError, build_denoiser, check_vocab
-from fewstep.distill.model_dir import load_model_dir, save_model_dir
+from fewstep.data.sources import markov_tokenizer
+from fewstep.errors import ModelError
+from fewstep.model.config import ModelConfig
+from fewstep.model.denoiser import build_denoiser, check_vocab
+from fewstep.model.model_dir import load_model_dir, save_model_dir
 
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 

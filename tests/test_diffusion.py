@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.diffusion import (
+from fewstep.core.diffusion import (
     forward_process,
     make_schedule,
     nelbo_per_position,
     sample_t,
     subs_log_probs,
 )
-from fewstep.distill.markov import MarkovChain, MarkovOracle
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
 
 SCHEDULES = ["loglinear", "linear", "cosine"]
 

@@ -10,12 +10,12 @@ import torch
 from conftest import TINY, run_cli
 from wandb_records import history_keys
 
-from fewstep.distill.config import ConfigError, load_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.distill_run import run_distill
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.runtime import RunError
-from fewstep.distill.trajectory import ensure_trajectories
+from fewstep.core.config import load_config
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.distillation.trajectory import ensure_trajectories
+from fewstep.errors import ConfigError, RunError
+from fewstep.model.model_dir import load_model_dir
 
 DATA = [o for o in TINY if o.startswith("data.")]
 

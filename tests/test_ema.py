@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import Crash, StopAt, tiny_overrides
 
-from fewstep.distill.config import ConfigError, TeacherRunConfig, load_config
-from fewstep.distill.ema import RAW_STATE_KEY, SubmoduleEMA, better_weights, warmup_decay
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.train import train_teacher
+from fewstep.core.config import load_config
+from fewstep.errors import ConfigError
+from fewstep.model.model_dir import load_model_dir
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
+from fewstep.training.ema import RAW_STATE_KEY, SubmoduleEMA, better_weights, warmup_decay
 
 KEY = "backbone.model.embeddings.tok_embeddings.weight"
 

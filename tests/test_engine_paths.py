@@ -27,7 +27,7 @@ def probe(monkeypatch):
 
 
 def _loaded(tiny_teacher):
-    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.model.model_dir import load_model_dir
 
     return load_model_dir(tiny_teacher)
 
@@ -42,7 +42,7 @@ def test_every_preset_reaches_the_kernels_step(tiny_teacher, probe, spec):
 
 
 def test_generate_from_an_export_reaches_the_kernels_step(tiny_teacher, tmp_path, probe):
-    from fewstep.distill.export import export_model
+    from fewstep.deploy.export import export_model
 
     out = export_model(tiny_teacher / "checkpoints" / "last.ckpt", tmp_path / "export", {"steps": 4})
     probe.clear()
@@ -51,9 +51,9 @@ def test_generate_from_an_export_reaches_the_kernels_step(tiny_teacher, tmp_path
 
 
 def test_trajectories_and_sdtt_targets_reach_the_kernels_step(tiny_teacher, tmp_path, probe):
-    from fewstep.distill.diffusion import make_schedule
-    from fewstep.distill.targets import ancestral_reveal, sdtt_target
-    from fewstep.distill.trajectory import ensure_trajectories
+    from fewstep.core.diffusion import make_schedule
+    from fewstep.distillation.targets import ancestral_reveal, sdtt_target
+    from fewstep.distillation.trajectory import ensure_trajectories
 
     teacher = _loaded(tiny_teacher).denoiser
     tokens, _ = ensure_trajectories(teacher, tmp_path / "traj.pt", 4, 16, 4, 4, 0, teacher.mask_id, "loglinear",
@@ -67,7 +67,7 @@ def test_trajectories_and_sdtt_targets_reach_the_kernels_step(tiny_teacher, tmp_
 
 
 def test_bench_samples_through_the_kernels_step(tiny_teacher, probe):
-    from fewstep.distill.bench import sampler_fn
+    from fewstep.tradeoff.bench import sampler_fn
 
     model = _loaded(tiny_teacher).denoiser
     for spec in ("ancestral", "llada"):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.distill.evaluator import EvaluatorModelConfig, _gpt2, ar_sample, decode_step
-from fewstep.distill.evaluator import Evaluator
+from fewstep.evaluation.autoregressive import Evaluator, _gpt2, ar_sample, decode_step
+from fewstep.evaluation.config import EvaluatorModelConfig
 from fewstep.kernels.stats import draw_tokens
 
 VOCAB, LENGTH, START = 24, 20, 23

@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import TINY, tiny_overrides
 
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.distill_run import run_distill
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.runtime import RunError
-from fewstep.distill.teacher import NonFiniteLossError
-from fewstep.distill.train import train_teacher
+from fewstep.core.config import load_config
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.distillation.run import run_distill
+from fewstep.errors import NonFiniteLossError, RunError
+from fewstep.model.model_dir import load_model_dir
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
 
 DATA = [o for o in TINY if o.startswith("data.")]
 TEACHER = ["trainer.max_steps=8", "trainer.val_every=4", "trainer.checkpoint_every=2", "logger.wandb.mode=disabled"]
@@ -30,9 +30,10 @@ TEACHER = ["trainer.max_steps=8", "trainer.val_every=4", "trainer.checkpoint_eve
 KILL_AT = """
 import os, signal, sys
 import lightning as L
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.distill_config import DistillRunConfig
-from fewstep.distill.{module} import {function}
+from fewstep.core.config import load_config
+from fewstep.distillation.config import DistillRunConfig
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.{module} import {function}
 
 class Kill(L.Callback):
     def on_train_batch_end(self, trainer, *args):
@@ -46,8 +47,9 @@ class Kill(L.Callback):
 KILL_MID_SAVE = """
 import os, signal
 import torch
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.train import train_teacher
+from fewstep.core.config import load_config
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
 
 real_save, saves = torch.save, []
 
@@ -94,7 +96,7 @@ def test_teacher_killed_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_
 
     out = tmp_path / "killed"
     overrides = tiny_overrides(out, *TEACHER)
-    child = _child(KILL_AT.format(schema="TeacherRunConfig", module="train", function="train_teacher", step=5,
+    child = _child(KILL_AT.format(schema="TeacherRunConfig", module="teacher.run", function="train_teacher", step=5,
                                   overrides=overrides), tmp_path)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert _step(out / "checkpoints" / "last.ckpt") == 4 and not (out / "model").exists()
@@ -114,7 +116,7 @@ def test_distillation_killed_mid_round_resumes_to_the_same_end(tiny_teacher, tmp
     expected = run_distill(load_config(DistillRunConfig, None, overrides(reference)))
 
     out = tmp_path / "killed"
-    child = _child(KILL_AT.format(schema="DistillRunConfig", module="distill_run", function="run_distill", step=7,
+    child = _child(KILL_AT.format(schema="DistillRunConfig", module="distillation.run", function="run_distill", step=7,
                                   overrides=overrides(out)), tmp_path)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert _step(out / "checkpoints" / "last.ckpt") == 6  # round 1 (steps 4-7), after round 0's export

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fewstep.distill.losses import DIVERGENCES, divergence
+from fewstep.distillation.losses import DIVERGENCES, divergence
 
 P = [0.5, 0.3, 0.2]
 Q = [0.2, 0.2, 0.6]

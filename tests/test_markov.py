@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain, MarkovOracle
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import TINY, run_cli, tiny_overrides
 
-from fewstep.distill.io import OwnershipError
-from fewstep.distill.ownership import LOCK, MARKER, read_kind, remove_owned
+from fewstep.core.ownership import LOCK, MARKER, read_kind, remove_owned
+from fewstep.errors import OwnershipError
 
 # the tiny teacher's own settings: a copy of its run resumes with them
 TEACHER = [*TINY, "trainer.max_steps=6", "trainer.val_every=3", "logger.wandb.mode=disabled", "optim.lr=0.001",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.distill.runtime import RunError
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
+from fewstep.errors import RunError
 from fewstep.samplers import Sampler, make_policy, make_step_schedule
 from fewstep.samplers.presets import sampler_from_spec
 from fewstep.samplers.sampler import anchor_groups, prepare_prompt

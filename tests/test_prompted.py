@@ -11,13 +11,17 @@ import torch
 from conftest import tiny_overrides
 from torch import nn
 
-from fewstep.distill.accuracy import evaluate_accuracy, response_ids, task_accuracy
-from fewstep.distill.config import AnagramConfig, ConfigError, DataConfig, TeacherRunConfig, load_config
-from fewstep.distill.data import DataError, build_data, fingerprint, make_loader
-from fewstep.distill.diffusion import forward_process, make_schedule, nelbo_per_position, sample_t
-from fewstep.distill.tasks import AnagramOracle, AnagramTask
-from fewstep.distill.teacher import TeacherModule
+from fewstep.core.config import load_config
+from fewstep.core.diffusion import forward_process, make_schedule, nelbo_per_position, sample_t
+from fewstep.data.anagram import AnagramOracle, AnagramTask
+from fewstep.data.config import AnagramConfig, DataConfig
+from fewstep.data.sources import build_data
+from fewstep.data.tokens import fingerprint, make_loader
+from fewstep.errors import ConfigError, DataError
+from fewstep.evaluation.accuracy import evaluate_accuracy, response_ids, task_accuracy
 from fewstep.samplers.presets import sampler_from_spec
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.module import TeacherModule
 
 SMALL_TASK = ["data.source=anagram", "data.seq_len=10", "data.anagram.min_letters=2", "data.anagram.max_letters=4",
               "data.anagram.alphabet=8", "data.num_train=256", "data.num_val=64", "data.val_fraction=0.2"]
@@ -289,7 +293,7 @@ def test_a_chat_template_missing_from_the_tokenizer_is_one_error(tmp_path):
     with pytest.raises(DataError, match="renders chat messages with the tokenizer's chat template, and the tokenizer "
                                         "fewstep trains when none is given"):
         build_data(jsonl_cfg(path, messages_field="messages"))
-    from fewstep.distill.corpus import train_tokenizer
+    from fewstep.data.corpus import train_tokenizer
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -301,7 +305,7 @@ def test_a_chat_template_missing_from_the_tokenizer_is_one_error(tmp_path):
 
 
 def test_chat_messages_are_rendered_by_the_tokenizers_template(tmp_path):
-    from fewstep.distill.corpus import train_tokenizer
+    from fewstep.data.corpus import train_tokenizer
 
     directory = tmp_path / "tok"
     directory.mkdir()
@@ -320,7 +324,7 @@ def test_chat_messages_are_rendered_by_the_tokenizers_template(tmp_path):
 
 # --------------------------------------------------------------------------------- a tiny teacher on it
 def test_a_tiny_teacher_trains_on_the_anagram_task_end_to_end(tmp_path):
-    from fewstep.distill.train import train_teacher
+    from fewstep.teacher.run import train_teacher
 
     out = tmp_path / "run"
     cfg = load_config(TeacherRunConfig, None, tiny_overrides(out, *SMALL_TASK, "trainer.max_steps=4",
@@ -333,7 +337,7 @@ def test_a_tiny_teacher_trains_on_the_anagram_task_end_to_end(tmp_path):
 
 
 def test_a_tiny_teacher_trains_on_prompted_jsonl(tmp_path):
-    from fewstep.distill.train import train_teacher
+    from fewstep.teacher.run import train_teacher
 
     path = write_jsonl(tmp_path / "qa.jsonl", pairs(60))
     cfg = load_config(TeacherRunConfig, None, tiny_overrides(
@@ -347,7 +351,7 @@ def test_a_tiny_teacher_trains_on_prompted_jsonl(tmp_path):
 def test_the_teachers_batches_carry_prompt_lengths(tmp_path):
     import lightning as L
 
-    from fewstep.distill.train import train_teacher
+    from fewstep.teacher.run import train_teacher
 
     seen = []
 

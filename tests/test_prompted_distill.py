@@ -11,14 +11,16 @@ import torch
 from conftest import tiny_overrides
 from torch import nn
 
-from fewstep.distill.config import AnagramConfig, DataConfig, TeacherRunConfig, load_config
-from fewstep.distill.data import build_data
-from fewstep.distill.diffusion import make_schedule
-from fewstep.distill.distill_config import DistillRunConfig, TrajectoryConfig
-from fewstep.distill.noise import step_noise
-from fewstep.distill.tasks import AnagramOracle
-from fewstep.distill.trajectory import ensure_trajectories, trajectory_loss
+from fewstep.core.config import load_config
+from fewstep.core.diffusion import make_schedule
+from fewstep.core.streams import step_noise
+from fewstep.data.anagram import AnagramOracle
+from fewstep.data.config import AnagramConfig, DataConfig
+from fewstep.data.sources import build_data
+from fewstep.distillation.config import DistillRunConfig, TrajectoryConfig
+from fewstep.distillation.trajectory import ensure_trajectories, trajectory_loss
 from fewstep.samplers.presets import sample_with_spec
+from fewstep.teacher.config import TeacherRunConfig
 
 SMALL_TASK = ["data.source=anagram", "data.seq_len=10", "data.anagram.min_letters=2", "data.anagram.max_letters=4",
               "data.anagram.alphabet=8", "data.num_train=256", "data.num_val=64", "data.val_fraction=0.2"]
@@ -90,9 +92,9 @@ def test_trajectory_loss_masks_and_scores_the_response_only():
 
 
 def test_sdtt_keeps_the_prompt_out_of_the_teachers_rollout_and_the_loss():
-    from fewstep.distill.distill_config import LossConfig, RoundsConfig
-    from fewstep.distill.config import OptimConfig
-    from fewstep.distill.module import DistillModule
+    from fewstep.distillation.config import LossConfig, RoundsConfig
+    from fewstep.distillation.module import DistillModule
+    from fewstep.training.config import OptimConfig
 
     data = _data()
     teacher = Recorder(data.vocab_size, data.mask_id)
@@ -119,7 +121,7 @@ def test_trajectory_config_defaults_follow_the_data():
 
 @pytest.fixture(scope="module")
 def anagram_teacher(tmp_path_factory):
-    from fewstep.distill.train import train_teacher
+    from fewstep.teacher.run import train_teacher
 
     teacher_dir = tmp_path_factory.mktemp("anagram") / "teacher"
     train_teacher(load_config(TeacherRunConfig, None, tiny_overrides(teacher_dir, *SMALL_TASK, "trainer.max_steps=4",
@@ -128,9 +130,9 @@ def anagram_teacher(tmp_path_factory):
 
 
 def test_a_prompted_distillation_run_end_to_end(anagram_teacher, tmp_path):
-    from fewstep.distill.accuracy import task_accuracy
-    from fewstep.distill.distill_run import run_distill
-    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.distillation.run import run_distill
+    from fewstep.evaluation.accuracy import task_accuracy
+    from fewstep.model.model_dir import load_model_dir
 
     teacher_dir = anagram_teacher
     out = tmp_path / "distill"
@@ -157,7 +159,8 @@ def test_a_prompted_distillation_run_end_to_end(anagram_teacher, tmp_path):
 
 
 def test_bench_on_a_prompted_task_reports_accuracy_tokens_per_forward_and_aup(anagram_teacher, tmp_path):
-    from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench, summary_rows
+    from fewstep.tradeoff.bench import run_bench, summary_rows
+    from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 
     cfg = BenchRunConfig(out_dir=str(tmp_path / "bench"), models=[BenchModel("teacher", str(anagram_teacher))],
                          samplers=["llada", "fast-dllm"], steps=[2, 8], num_samples=6, repeats=1)
@@ -178,7 +181,7 @@ def test_bench_on_a_prompted_task_reports_accuracy_tokens_per_forward_and_aup(an
 def test_reference_answers_are_the_validation_responses(tmp_path):
     import json as _json
 
-    from fewstep.distill.accuracy import reference_answers
+    from fewstep.evaluation.accuracy import reference_answers
 
     path = tmp_path / "qa.jsonl"
     records = [{"prompt": f"question {i}?", "response": f"answer {i * 7}"} for i in range(60)]

@@ -6,8 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.runtime import RunError, prepare_out_dir
+from fewstep.core.config import load_config
+from fewstep.errors import RunError
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.training.runtime import prepare_out_dir
 
 
 def _run(tmp_path, drop: str):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from reference_samplers import ancestral_sample, gumbel_argmax
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.distill.runtime import RunError
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
+from fewstep.errors import RunError
 from fewstep.kernels.stats import draw_tokens
 from fewstep.samplers.presets import sample_with_spec
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.distill.runtime import RunError
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
+from fewstep.errors import RunError
 from fewstep.samplers import (
     AllocationSchedule,
     LearnedPolicy,

@@ -9,12 +9,13 @@ import shutil
 import pytest
 from conftest import run_cli
 
-from fewstep.distill.config import ConfigError, load_config
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.runtime import RunError
+from fewstep.cli.sampling import add_sampler_options, sample_with_options
+from fewstep.core.config import load_config
+from fewstep.errors import ConfigError, RunError
+from fewstep.model.model_dir import load_model_dir
 from fewstep.samplers import build_sampler
-from fewstep.samplers.commands import add_sampler_options, sample_with_options
-from fewstep.samplers.schedule_run import ScheduleRunConfig, run_schedule_config
+from fewstep.schedule.config import ScheduleRunConfig
+from fewstep.schedule.run import run_schedule_config
 
 SMALL = [
     "steps=4",

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain, MarkovOracle
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
 from fewstep.kernels import select_positions
 from fewstep.samplers import LearnedPolicy, Sampler, make_policy, make_step_schedule
-from fewstep.samplers.grpo import GRPOConfig, grpo_finetune
-from fewstep.samplers.learn_allocation import search_allocation
-from fewstep.samplers.learn_policy import head_accuracy, imitation_data, train_head
 from fewstep.samplers.policies import dilation_order
 from fewstep.samplers.schedules import curve_counts
+from fewstep.schedule.allocation import search_allocation
+from fewstep.schedule.config import GRPOConfig
+from fewstep.schedule.grpo import grpo_finetune
+from fewstep.schedule.imitation import head_accuracy, imitation_data, train_head
 
 L = 32
 

@@ -7,9 +7,16 @@ import json
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.samplers import AllocationSchedule, LearnedPolicy, PolicyHead, Sampler, make_policy, make_step_schedule
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
+from fewstep.samplers import (
+    AllocationSchedule,
+    LearnedPolicy,
+    PolicyHead,
+    Sampler,
+    make_policy,
+    make_step_schedule,
+)
 from fewstep.samplers.scheduler_config import SCHEDULER_FILE, load_learned, save_scheduler_config
 from fewstep.samplers.schedules import SCHEDULE_NAMES
 

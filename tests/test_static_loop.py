@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_samplers_contract import SAMPLERS, STEPS, Recording
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.markov import MarkovChain
-from fewstep.distill.runtime import RunError
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain
+from fewstep.errors import RunError
 from fewstep.samplers import Sampler, make_policy, make_step_schedule
 from fewstep.samplers.presets import build_sampler
 

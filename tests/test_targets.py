@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.distill.config import MarkovConfig
-from fewstep.distill.diffusion import forward_process, make_schedule, subs_log_probs
-from fewstep.distill.markov import MarkovChain, MarkovOracle
-from fewstep.distill.targets import ancestral_reveal, sdtt_target, student_times
+from fewstep.core.diffusion import forward_process, make_schedule, subs_log_probs
+from fewstep.data.config import MarkovConfig
+from fewstep.data.markov import MarkovChain, MarkovOracle
+from fewstep.distillation.targets import ancestral_reveal, sdtt_target, student_times
 
 
 @pytest.fixture(scope="module")

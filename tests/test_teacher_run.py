@@ -10,11 +10,11 @@ import torch
 from conftest import Crash, StopAt, tiny_overrides
 from wandb_records import history_keys
 
-from fewstep.distill.config import TeacherRunConfig, load_config
-from fewstep.distill.model_dir import load_model_dir
-from fewstep.distill.runtime import RunError
-from fewstep.distill.teacher import NonFiniteLossError
-from fewstep.distill.train import train_teacher
+from fewstep.core.config import load_config
+from fewstep.errors import NonFiniteLossError, RunError
+from fewstep.model.model_dir import load_model_dir
+from fewstep.teacher.config import TeacherRunConfig
+from fewstep.teacher.run import train_teacher
 
 
 def cfg_for(out, *extra):

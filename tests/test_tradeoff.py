@@ -10,14 +10,14 @@ from conftest import run_cli
 from wandb_records import chart_specs, history_keys, read_records
 
 import fewstep
-from fewstep.distill.bench import BenchModel, BenchRunConfig, run_bench
-from fewstep.distill.config import LoggerConfig, WandbConfig
-from fewstep.distill.denoiser import ModelError
-from fewstep.distill.export import export_model
-from fewstep.distill.runtime import RunError
-from fewstep.distill.tradeoff import pareto_front, python_lines_ok
-from fewstep.distill.tune import Target, tune
+from fewstep.deploy.export import export_model
+from fewstep.errors import ModelError, RunError
 from fewstep.samplers.presets import sample_with_spec
+from fewstep.tradeoff.bench import run_bench
+from fewstep.tradeoff.config import BenchModel, BenchRunConfig
+from fewstep.tradeoff.pareto import pareto_front, python_lines_ok
+from fewstep.tradeoff.tune import Target, tune
+from fewstep.training.config import LoggerConfig, WandbConfig
 
 
 def row(model, steps, nll, entropy, speed):
@@ -127,7 +127,7 @@ def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_pa
     pipeline = fewstep.load(out)
     result = pipeline.generate(num_samples=3, seed=7)
     assert result["steps"] == 6
-    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.model.model_dir import load_model_dir
 
     memory = load_model_dir(tiny_teacher).denoiser  # with the checkpoint's state_dict: its averaged weights
     state = torch.load(tiny_teacher / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -142,7 +142,7 @@ def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_pa
 def test_export_generates_with_its_tuned_sampler(tiny_teacher, tmp_path):
     """A tuned sampler other than ancestral (here the dilated order with geometric counts) is what
     `fewstep.load(...).generate()` uses."""
-    from fewstep.distill.model_dir import load_model_dir
+    from fewstep.model.model_dir import load_model_dir
     from fewstep.samplers import Sampler, make_policy, make_step_schedule
 
     out = export_model(tiny_teacher, tmp_path / "export", {"steps": 4, "sampler": "dilated/geometric",
@@ -181,7 +181,7 @@ def test_tune_cli_writes_the_choice_into_the_export(tiny_teacher, tmp_path):
 
 def test_summary_reports_batch_one_latency_against_the_autoregressive_model():
     """Throughput at the bench's batch and latency at batch 1 are both compared with the AR baseline."""
-    from fewstep.distill.bench import summary_rows
+    from fewstep.tradeoff.bench import summary_rows
 
     def row(model, speed, b1):
         return {"model": model, "sampler": "s", "steps": 4, "nfe": 4.0, "tokens_per_s": speed,

@@ -17,11 +17,13 @@ import pytest
 import torch
 from conftest import run_cli
 
-from fewstep.distill.config import DataConfig, ModelConfig
-from fewstep.distill.corpus import load_documents
-from fewstep.distill.data import DataError, markov_tokenizer
-from fewstep.distill.denoiser import ModelError, build_denoiser
-from fewstep.distill.model_dir import load_model_dir, save_model_dir
+from fewstep.data.config import DataConfig
+from fewstep.data.corpus import load_documents
+from fewstep.data.sources import markov_tokenizer
+from fewstep.errors import DataError, ModelError
+from fewstep.model.config import ModelConfig
+from fewstep.model.denoiser import build_denoiser
+from fewstep.model.model_dir import load_model_dir, save_model_dir
 
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 STATES = 8  # markov states: a vocabulary of 9 with [MASK] = 8
@@ -316,7 +318,7 @@ def test_a_scheduler_config_of_the_wrong_shape_is_one_error_line(run_dir, tmp_pa
     ({"policy": {"name": "nosuch"}}, "unknown policy"),
 ])
 def test_scheduler_config_fields_of_the_wrong_shape_are_named(run_dir, fields, words):
-    from fewstep.distill.runtime import RunError
+    from fewstep.errors import RunError
     from fewstep.samplers.scheduler_config import load_learned
 
     model = run_dir / "model"
@@ -354,8 +356,8 @@ def test_a_tradeoff_json_of_the_wrong_shape_is_one_error_line(tmp_path):
     ({"rows": [_row(quality={"gen_nll": "low", "entropy": 3.0})]}, "quality 'gen_nll' is \"low\""),
 ])
 def test_tradeoff_json_of_the_wrong_shape_is_named(tmp_path, payload, words):
-    from fewstep.distill.runtime import RunError
-    from fewstep.distill.tune import load_tradeoff
+    from fewstep.errors import RunError
+    from fewstep.tradeoff.tune import load_tradeoff
 
     path = tmp_path / "tradeoff.json"
     path.write_text(json.dumps(payload))

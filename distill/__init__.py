@@ -1,1 +1,0 @@
-"""Diffusion maths, denoiser, data, Lightning modules and export."""

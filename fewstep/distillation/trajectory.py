@@ -1,0 +1,96 @@
+"""Trajectory distillation (after dParallel / d3LLM): learn from the teacher's own samples.
+
+The teacher samples its trajectories once (cached on disk in chunks, so an interrupted run picks up
+where it stopped). The student then learns the teacher's final tokens under complementary masks
+(every token is predicted once per pair), plus a certainty-forcing term: the entropy of the
+student's distribution at masked positions it already predicts right, so that it becomes
+confident sooner and can reveal more tokens per step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewstep.core.diffusion import NoiseSchedule, exclude_mask, forward_process, response_mask, sample_t
+from fewstep.core.io import atomic_save
+from fewstep.core.streams import NoiseSource
+from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
+
+__all__ = ["ensure_trajectories", "trajectory_loss"]
+
+
+def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, steps: int, batch_size: int,
+                        seed: int, mask_id: int, schedule: str, signature: dict[str, Any],
+                        progress: bool = True, prompts: torch.Tensor | None = None,
+                        prompt_len: torch.Tensor | None = None, spec: str = "ancestral",
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached, and
+    each one's prompt length (None without prompts).
+
+    With `prompts` [N, seq_len] and `prompt_len` [N] (training rows), trajectory i is the teacher's answer
+    to prompt i mod N, drawn with the sampler `spec` at `temperature`: the prompt is kept, the response is
+    the teacher's. `signature` identifies the teacher and settings; a cache made with another is refused.
+    """
+    path = Path(path)
+    tokens = torch.empty(0, seq_len, dtype=torch.long)
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        saved = json.loads(cached["signature"])
+        if saved != json.loads(json.dumps(signature, default=str)):
+            raise ValueError(
+                f"{path} holds trajectories made with other settings ({saved}); delete it or use another out_dir"
+            )
+        tokens = cached["tokens"]
+    lengths = None if prompt_len is None else prompt_len[torch.arange(num) % len(prompt_len)].to(torch.long)
+    while len(tokens) < num:
+        batch = min(batch_size, num - len(tokens))
+
+        if prompts is None:
+            out = sample_with_spec(spec, teacher, batch, seq_len, steps, seed=seed * 1_000_003 + len(tokens),
+                                   noise_schedule=schedule, temperature=temperature)
+        else:
+            index = torch.arange(len(tokens), len(tokens) + batch)
+            rows = [prompts[i % len(prompts), : int(lengths[i])] for i in index.tolist()]
+            out = sample_with_spec(spec, teacher, batch, seq_len, steps, seed=seed, noise_schedule=schedule,
+                                   temperature=temperature, prompt=rows, sample_ids=index)
+        tokens = torch.cat([tokens, out.tokens])
+        payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
+        atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))
+        if progress:
+            print(f"\rteacher trajectories: {len(tokens)}/{num}", end="", flush=True)
+    if progress and num:
+        print()
+    return tokens[:num], lengths
+
+
+def trajectory_loss(student: nn.Module, x_hat: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
+                    entropy_weight: float, generator: NoiseSource, prompt_len: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy to the teacher's tokens under a mask and its complement, plus certainty forcing; with
+    `prompt_len`, both masks cover the response only (the prompt is context, never a target)."""
+    t = sample_t(x_hat.shape[0], antithetic=True, generator=generator, device=x_hat.device)
+    first = forward_process(x_hat, t, schedule, mask_id, generator=generator, prompt_len=prompt_len)
+    masked_first = first == mask_id
+    if prompt_len is not None:
+        masked_first |= ~response_mask(prompt_len.to(x_hat.device), x_hat.shape[1])  # the prompt stays
+    second = torch.where(masked_first, x_hat, torch.full_like(x_hat, mask_id))
+    z = torch.cat([first, second])
+    target = torch.cat([x_hat, x_hat])
+    logits = student(z, torch.cat([t, 1.0 - t]).float())
+    masked = z == mask_id
+    # SUBS on the masked rows only: the mask token is never a prediction
+    logits_m, target_m = exclude_mask(logits[masked].float(), mask_id), target[masked]
+    ce = F.cross_entropy(logits_m, target_m)
+    log_q = F.log_softmax(logits_m, dim=-1)
+    entropy = -(log_q.exp() * torch.where(torch.isfinite(log_q), log_q, 0.0)).sum(-1)
+    right = logits_m.argmax(-1) == target_m
+    certainty = (entropy * right).sum() / right.sum().clamp_min(1)
+    loss = ce + entropy_weight * certainty
+    return loss, {"ce": ce.detach(), "certainty_entropy": certainty.detach(),
+                  "accuracy": right.float().mean().detach()}

@@ -1,0 +1,202 @@
+"""The denoising step's statistics in torch: the CPU path, bounded in memory, a few passes over the logits.
+
+For each position asked for, one draw from softmax(logits / T) and the statistics the policies rank
+by. The draw is inverse-CDF sampling with one float64 uniform per position (`fewstep.kernels.streams`):
+the cumulative sums are taken in float64 over blocks of the vocabulary, then within the chosen block,
+so every token's chance is its probability to float64 accuracy (float32 Gumbel noise would truncate
+the tail and lower the effective temperature; Zheng et al. 2024) with no [B, L, V] noise tensor.
+Rows are processed in chunks through two reused float32 buffers, so beyond the logits the memory is
+O(chunk x vocabulary + batch x length); the logits stay in the model's dtype and are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["StepStats", "block_size", "draw_tokens", "empty_stats", "torch_token_stats"]
+
+_CHUNK_ELEMENTS = 1 << 22  # rows x vocabulary per chunk (16 MB per float32 buffer)
+
+
+@dataclass
+class StepStats:
+    """Per-position statistics of one step's predictive distribution, [batch, length] each.
+
+    Positions that were not asked for hold the mask id as tokens, probabilities 1 and entropy 0.
+    """
+
+    proposal: torch.Tensor  # the sampled token (T = 0: the argmax)
+    argmax: torch.Tensor  # the most likely token
+    confidence: torch.Tensor  # probability of the most likely token
+    sampled_prob: torch.Tensor  # probability of the sampled token
+    margin: torch.Tensor  # top-1 minus top-2 probability
+    entropy: torch.Tensor  # nats (0 where not computed)
+
+
+def empty_stats(batch: int, length: int, mask_id: int, device: torch.device) -> StepStats:
+    """Statistics of positions that were not computed (revealed, or outside the block)."""
+    tokens = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
+    ones = torch.ones(batch, length, dtype=torch.float32, device=device)
+    return StepStats(tokens, tokens.clone(), ones, ones.clone(), ones.clone(), torch.zeros_like(ones))
+
+
+def block_size(vocab: int) -> int:
+    """The vocabulary block of the two-level search and of the block maxima (the whole row up to 1,024
+    tokens: long inner reductions are what the CPU kernels do fastest)."""
+    return min(vocab, 1024)
+
+
+def _block_view(x: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-block max or sum of rows x [n, V], [n, ceil(V / block)] (the last block may be shorter)."""
+    n, vocab = x.shape
+    size = block_size(vocab)
+    full = vocab // size * size
+    parts = []
+    if full:
+        view = x[:, :full].view(n, full // size, size)
+        parts.append(view.amax(-1) if reduce == "max" else view.sum(-1))
+    if full < vocab:
+        tail = x[:, full:]
+        parts.append((tail.amax(-1) if reduce == "max" else tail.sum(-1)).unsqueeze(1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _block_values(x: torch.Tensor, block: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values of block `block[i]` of each row i, [n, block size] (past the end: `fill`), and the
+    token id of each block's first value, [n]: the token at column j is `first + j`."""
+    n, vocab = x.shape
+    size = block_size(vocab)
+    first = block * size
+    if vocab % size == 0:  # whole blocks: one row-gather of contiguous slices
+        return x.view(n, vocab // size, size)[torch.arange(n, device=x.device), block], first
+    index = first.unsqueeze(1) + torch.arange(size, device=x.device)
+    inside = index < vocab
+    index = index.clamp_max(vocab - 1)
+    return torch.where(inside, x.gather(1, index), torch.full_like(index, fill, dtype=x.dtype)), first
+
+
+def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, temperature: float,
+                 stats_temperature: float, need_entropy: bool, shifted: torch.Tensor,
+                 expd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Statistics of the rows of x [n, V] (read only; `shifted` and `expd` are [n, V] float32 buffers)."""
+    n = x.shape[0]
+    if x.dtype == torch.float64:  # e.g. an exact oracle's log-probabilities
+        x = x.float()
+    block_max = _block_view(x, "max")
+    if mask_id is not None:  # SUBS: the mask token is never predicted; drop it from its block's maximum
+        size = block_size(x.shape[1])
+        lo, hi = mask_id // size * size, min(mask_id // size * size + size, x.shape[1])
+        parts = [x[:, a:b].amax(dim=1) for a, b in ((lo, mask_id), (mask_id + 1, hi)) if b > a]
+        block_max[:, mask_id // size] = torch.maximum(*parts) if len(parts) == 2 else (
+            parts[0] if parts else torch.full_like(block_max[:, 0], -math.inf))
+    top_block = block_max.argmax(dim=1)
+    m = block_max.gather(1, top_block.unsqueeze(1)).to(torch.float32)  # [n, 1]
+
+    torch.sub(x, m, out=shifted)  # x - m <= 0
+    if mask_id is not None:
+        shifted[:, mask_id] = -math.inf
+    values, first = _block_values(shifted, top_block, -math.inf)
+    best = values.argmax(dim=1, keepdim=True)
+    argmax = first + best.squeeze(1)
+    second_in_block = values.scatter(1, best, -math.inf).amax(dim=1)
+    second_elsewhere = (block_max.scatter(1, top_block.unsqueeze(1), -math.inf).amax(dim=1, keepdim=True) - m)
+    top2 = torch.maximum(second_in_block, second_elsewhere.squeeze(1))  # minus m
+    inv_s = 1.0 / stats_temperature
+    if inv_s != 1.0:
+        shifted.mul_(inv_s)
+    torch.exp(shifted, out=expd)
+    stats_blocks = _block_view(expd, "sum").to(torch.float64)
+    z_stats = stats_blocks.sum(dim=1)
+    if temperature == 0:
+        proposal = argmax
+    else:
+        if temperature == stats_temperature:
+            draw = expd
+        else:  # LLaDA's convention: the statistics at T = 1, the draw at T
+            draw = torch.exp(shifted * (stats_temperature / temperature))
+        # a block by its (float32-summed) weight, then a token within it in float64: a token's chance
+        # within its block is exact however small, whatever the block sums' rounding
+        block_weights = stats_blocks if draw is expd else _block_view(draw, "sum").to(torch.float64)
+        cumulative = block_weights.cumsum(dim=1)
+        target = (u * cumulative[:, -1]).unsqueeze(1)
+        block = torch.searchsorted(cumulative, target, right=True).clamp_max(cumulative.shape[1] - 1)
+        before = torch.where(block > 0, cumulative.gather(1, (block - 1).clamp_min(0)), 0.0)
+        share = ((target - before) / block_weights.gather(1, block).clamp_min(1e-300)).clamp(0.0, 1.0)
+        weights, first = _block_values(draw, block.squeeze(1), 0.0)
+        within = weights.to(torch.float64).cumsum(dim=1)
+        pick = torch.searchsorted(within, share * within[:, -1:], right=True).clamp_max(within.shape[1] - 1)
+        # rounding at the very end of a row can point past the last token with weight: take that token
+        last = (weights > 0).to(torch.int64).cumsum(dim=1).argmax(dim=1, keepdim=True)
+        pick = torch.where(weights.gather(1, pick) > 0, pick, last)
+        proposal = first + pick.squeeze(1)
+    sampled_weight = expd.gather(1, proposal.unsqueeze(1)).squeeze(1).to(torch.float64)
+    confidence = 1.0 / z_stats
+    sampled_prob = sampled_weight / z_stats
+    margin = (1.0 - torch.exp(top2.to(torch.float64) * inv_s)) / z_stats
+    if need_entropy:  # H = log Z - E[(x - m) / T_s]
+        expected = torch.nansum(shifted.mul_(expd), dim=1).to(torch.float64) / z_stats
+        entropy = torch.log(z_stats) - expected
+    else:
+        entropy = torch.zeros(n, dtype=torch.float64, device=x.device)
+    return proposal, argmax, confidence, sampled_prob, margin, entropy
+
+
+def torch_token_stats(logits: torch.Tensor, rows: torch.Tensor, uniform: torch.Tensor | None, mask_id: int | None,
+                      temperature: float, stats_temperature: float | None = None,
+                      need_entropy: bool = True, chunk_elements: int = _CHUNK_ELEMENTS) -> StepStats:
+    """Statistics at the positions `rows` [B, L] (bool) of logits [B, L, V]; `uniform` [B, L] float64
+    gives each position's draw (needed when T > 0). The statistics describe softmax(logits / T_s),
+    T_s = `stats_temperature` (default: T, or 1 when T = 0). `mask_id` None: no token is excluded."""
+    batch, length, vocab = logits.shape
+    device = logits.device
+    if stats_temperature is None:
+        stats_temperature = temperature if temperature > 0 else 1.0
+    out = empty_stats(batch, length, -1 if mask_id is None else mask_id, device)
+    if temperature > 0 and uniform is None:
+        raise ValueError("sampling at temperature > 0 needs a uniform per position")
+    flat = logits.flatten(0, 1)  # a view, also of a padded vocabulary's slice: rows may be strided
+    flat_u = uniform.reshape(-1) if uniform is not None else None
+    # chunks bounded by 16 MB and by an eighth of the logits, but never under 1M elements: small steps
+    # (a short vocabulary) run in one chunk, as per-chunk overhead would dominate them
+    chunk = max(1, min(chunk_elements, max(vocab, logits.numel() // 8, 1 << 20)) // vocab)
+    chunk = min(chunk, batch * length)
+    shifted = torch.empty(chunk, vocab, dtype=torch.float32, device=device)
+    expd = torch.empty_like(shifted)
+    gathered = torch.empty(chunk, vocab, dtype=logits.dtype, device=device)
+    wanted = rows.reshape(-1)
+    targets = (out.proposal, out.argmax, out.confidence, out.sampled_prob, out.margin, out.entropy)
+    flat_targets = [t.view(-1) for t in targets]
+    for first in range(0, batch * length, chunk):
+        here = wanted[first : first + chunk].nonzero().squeeze(1)
+        n = len(here)
+        if not n:
+            continue
+        span = min(chunk, batch * length - first)
+        if 2 * n >= span:  # dense: compute the whole span in place of a gather
+            rows_x, index = flat[first : first + span], torch.arange(first, first + span, device=device)
+        else:
+            index = here + first
+            rows_x = torch.index_select(flat, 0, index, out=gathered[:n])
+        k = len(index)
+        u = flat_u[index] if flat_u is not None else None
+        parts = _chunk_stats(rows_x, u, mask_id, temperature, stats_temperature, need_entropy,
+                             shifted[:k], expd[:k])
+        keep = wanted[index]
+        for target, part in zip(flat_targets, parts):
+            target[index[keep]] = part[keep].to(target.dtype)
+    return out
+
+
+def draw_tokens(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.0,
+                mask_id: int | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Tokens drawn from softmax(logits / T) [..., V] with one float64 uniform per position [...]
+    (inverse CDF, the same draw as the sampler's step; T = 0: the argmax), the mask id never drawn.
+    Where `rows` is False the result is the mask id (or -1 without one)."""
+    shape = logits.shape[:-1]
+    flat = logits.reshape(-1, 1, logits.shape[-1])
+    wanted = torch.ones(flat.shape[:2], dtype=torch.bool, device=logits.device) if rows is None else rows.reshape(-1, 1)
+    stats = torch_token_stats(flat, wanted, uniform.reshape(-1, 1), mask_id, temperature, need_entropy=False)
+    return stats.proposal.reshape(shape)

@@ -1,0 +1,327 @@
+"""`fewstep schedule`: learn a step allocation and/or a policy head for a model and a step budget.
+
+Writes `scheduler_config.json` (and `policy_head.safetensors`) into the model directory; they load
+with the model (`fewstep sample --sampler learned`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.data.config import data_config
+from fewstep.data.sources import build_data
+from fewstep.errors import ConfigError, OwnershipError, RunError
+from fewstep.evaluation.quality import unigram_entropy
+from fewstep.model.model_dir import load_model_dir
+from fewstep.samplers.policies import Policy, make_policy
+from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead
+from fewstep.samplers.sampler import Sampler
+from fewstep.samplers.scheduler_config import save_scheduler_config
+from fewstep.samplers.schedules import AllocationSchedule, NoiseCurveSchedule, Schedule
+from fewstep.schedule.allocation import START_CURVES, search_allocation
+from fewstep.schedule.config import ScheduleRunConfig
+from fewstep.schedule.grpo import deployed_reward, grpo_finetune
+from fewstep.schedule.imitation import head_accuracy, imitation_data, train_head
+from fewstep.schedule.objective import SampleObjective
+from fewstep.training.runtime import check_device
+
+__all__ = [
+    "run_schedule_config",
+]
+
+
+
+
+
+
+
+
+def _heldout(meta: dict[str, Any], model_dir: Path) -> tuple[Any, torch.Tensor | None]:
+    """The exact scorer (markov) and held-out validation tokens of the model's data, where they can be had."""
+
+    data = dict(meta.get("data") or {})
+    if not data:
+        return None, None
+    if data.get("source") == "markov":
+        data["num_train"] = 1  # only the validation split is needed; its seed does not depend on num_train
+    else:
+        data["tokenizer"] = str(model_dir / "tokenizer.json")
+    try:
+        built = build_data(data_config(data))
+    except Exception as error:  # a corpus that is not here: fall back to no held-out data
+        print(f"note: held-out data unavailable ({str(error).splitlines()[0][:200]}); no entropy reference")
+        return None, None
+    return built.task, built.val
+
+
+def run_schedule_config(cfg: ScheduleRunConfig) -> dict[str, Any]:
+    """Learn what `cfg.what` asks for and write it into the model directory; returns the report."""
+
+    began = time.perf_counter()
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device, "device")
+    loaded = load_model_dir(cfg.model, device=device, trust_remote_code=cfg.trust_remote_code)
+    meta, model_dir = loaded.meta, Path(loaded.path)
+    _check_writable(model_dir)
+    seq_len = cfg.seq_len or int(meta.get("seq_len", 64))
+    chain, val = _heldout(meta, model_dir)
+    schedule, policy, report = learn_schedule(
+        loaded.denoiser,
+        cfg,
+        seq_len,
+        int(meta["vocab_size"]),
+        chain,
+        val,
+        meta.get("noise_schedule", "loglinear"),
+    )
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    path = save_scheduler_config(model_dir, meta, cfg.steps, schedule, policy, report)
+    print(f"wrote {path}")
+    return report
+
+
+def _check_writable(model_dir: Path) -> None:
+    """The schedule is written into the model directory: it must be fewstep's (fewstep.json) and writable."""
+    if not (model_dir / "fewstep.json").is_file():
+        raise OwnershipError(f"{model_dir} is not a fewstep model directory (no fewstep.json); the schedule is "
+                             "written only into one")
+    if not os.access(model_dir, os.W_OK):
+        raise OwnershipError(f"cannot write into {model_dir} (permission denied); copy the model with "
+                             "`fewstep export` to a directory you own and learn the schedule there")
+
+
+def learn_schedule(
+    model: torch.nn.Module,
+    cfg: ScheduleRunConfig,
+    seq_len: int,
+    vocab_size: int,
+    chain: Any = None,
+    val: torch.Tensor | None = None,
+    noise_schedule: str = "loglinear",
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Learn the allocation and/or policy head for `model` (any denoiser, the markov oracle included)."""
+
+    if cfg.steps > seq_len:
+        raise RunError(
+            f"steps={cfg.steps} is more than seq_len={seq_len} tokens; a budget above one token per "
+            "step needs no schedule"
+        )
+    report: dict[str, Any] = {"what": cfg.what, "seq_len": seq_len, "seed": cfg.seed}
+    search_with = cfg.allocation.policy
+    if search_with == "auto":
+        search_with = "learned" if cfg.what == "both" else "confidence"
+    base = search_with if search_with != "learned" else "confidence"
+    policy: Policy = make_policy(base)
+    schedule: Schedule = NoiseCurveSchedule("loglinear")
+    reference = unigram_entropy(val) if val is not None else None
+    objective = SampleObjective(
+        chain=chain,
+        model=model if chain is None else None,
+        reference_entropy=reference,
+        entropy_weight=cfg.allocation.entropy_weight,
+        noise_schedule=noise_schedule,
+    )
+
+    def quality(sampler: Sampler, num: int, seed: int) -> tuple[float, dict[str, float], float]:
+        out = sampler.generate(model, num, seq_len, cfg.steps, seed=seed, batch_size=cfg.batch_size)
+        metrics = objective.metrics(out.tokens)
+        return objective.value(metrics), metrics, out.nfe_per_sequence
+
+    if cfg.what in ("policy", "both"):
+        head_params = _head_size(cfg.policy.hidden)
+        model_params = sum(p.numel() for p in model.parameters())
+        if model_params and head_params > 0.001 * model_params:
+            raise ConfigError(
+                f"a policy head with hidden={cfg.policy.hidden} has {head_params} parameters, more than "
+                f"0.1% of the model's {model_params}; lower policy.hidden (0 = logistic regression)"
+            )
+        rollout_steps = cfg.policy.rollout_steps or seq_len
+        kwargs = dict(
+            rollout_steps=rollout_steps,
+            rollout_policy=cfg.policy.rollout_policy,
+            vocab_size=vocab_size,
+            batch_size=cfg.batch_size,
+            max_examples=cfg.policy.max_examples,
+            temperature=cfg.temperature,
+        )
+        print(
+            f"policy head: {cfg.policy.rollouts} + {cfg.policy.heldout_rollouts} (held-out) reference rollouts "
+            f"of {rollout_steps} steps ({cfg.policy.rollout_policy})",
+            flush=True,
+        )
+        train = imitation_data(model, cfg.policy.rollouts, seq_len, seed=cfg.seed, **kwargs)
+        heldout = imitation_data(model, cfg.policy.heldout_rollouts, seq_len, seed=cfg.seed + 7919, **kwargs)
+        head = train_head(train, cfg.policy.hidden, cfg.policy.updates, cfg.policy.lr, seed=cfg.seed)
+        fallbacks = (
+            ["none", "random", "dilated", "confidence", "margin"]
+            if cfg.policy.fallback == "auto"
+            else [cfg.policy.fallback]
+        )
+        tried = {}
+        for name in fallbacks:
+            candidate = LearnedPolicy(
+                head, vocab_size, cfg.policy.threshold, None if name == "none" else make_policy(name)
+            )
+            if len(fallbacks) > 1:
+                tried[name] = quality(
+                    Sampler(schedule, candidate, temperature=cfg.temperature),
+                    cfg.allocation.num_samples,
+                    cfg.seed,
+                )[0]
+        chosen = min(tried, key=tried.get) if tried else fallbacks[0]
+        policy = LearnedPolicy(
+            head, vocab_size, cfg.policy.threshold, None if chosen == "none" else make_policy(chosen)
+        )
+        grpo_report = None
+        if cfg.policy.grpo.iterations > 0:
+            policy, grpo_report = _grpo_stage(model, policy, schedule, chain, seq_len, cfg)
+        report["policy"] = {
+            "heldout": head_accuracy(head, heldout),
+            "train": head_accuracy(head, train),
+            "parameters": head.num_parameters(),
+            "model_parameters": model_params,
+            "rollout_steps": rollout_steps,
+            "rollout_policy": cfg.policy.rollout_policy,
+            "fallback": chosen,
+            "fallback_objective": tried,
+            "grpo": grpo_report,
+        }
+        held = report["policy"]["heldout"]
+        print(
+            f"policy head: {head.num_parameters()} parameters; held-out imitation accuracy "
+            f"{held['accuracy']:.3f} (majority class {held['majority_baseline']:.3f}, top-1 > 0.5 rule "
+            f"{held['confidence_rule']:.3f}); "
+            f"fallback order {chosen}"
+        )
+        if search_with != "learned":
+            policy_for_search: Policy = make_policy(search_with)
+        else:
+            policy_for_search = policy
+    else:
+        if search_with == "learned":
+            raise ConfigError(
+                "allocation.policy=learned needs what=both (the head is learned in the same run)"
+            )
+        policy_for_search = policy
+
+    if cfg.what in ("allocation", "both"):
+
+        def measure(counts: list[int], num: int, seed: int) -> tuple[float, dict[str, float], float]:
+            return quality(
+                Sampler(
+                    AllocationSchedule.from_counts(counts), policy_for_search, temperature=cfg.temperature
+                ),
+                num,
+                seed,
+            )
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(START_CURVES) + cfg.allocation.iterations,
+            desc=f"allocation search ({cfg.steps} steps)",
+            disable=not cfg.progress,
+        )
+        best = float("inf")
+
+        def evaluate(counts: list[int]) -> float:
+            nonlocal best
+            value = measure(counts, cfg.allocation.num_samples, cfg.seed)[0]
+            best = min(best, value)
+            bar.update()
+            bar.set_postfix(best=f"{best:.4f}")
+            return value
+
+        try:
+            result = search_allocation(
+                evaluate,
+                cfg.steps,
+                seq_len,
+                cfg.allocation.iterations,
+                cfg.allocation.patience,
+                seed=cfg.seed,
+            )
+        finally:
+            bar.close()
+        held_seed = cfg.seed + 104_729
+        start_value, start_metrics, start_nfe = measure(
+            result.start_counts, cfg.allocation.heldout_samples, held_seed
+        )
+        best_value, best_metrics, best_nfe = measure(result.counts, cfg.allocation.heldout_samples, held_seed)
+        improved = best_value < start_value
+        kept = result.counts if improved else result.start_counts
+        schedule = AllocationSchedule.from_counts(kept)
+        report["allocation"] = {
+            "objective": objective.name,
+            "policy": policy_for_search.name,
+            "counts": kept,
+            "start": result.start,
+            "start_counts": result.start_counts,
+            "evaluations": result.evaluations,
+            "search": {"start": result.start_value, "best": result.best_value},
+            "heldout": {
+                "start": {"value": start_value, **start_metrics, "nfe": start_nfe},
+                "learned": {"value": best_value, **best_metrics, "nfe": best_nfe},
+            },
+            "improved_on_heldout": improved,
+            "reference_entropy": reference,
+        }
+        print(
+            f"allocation ({objective.name}, policy {policy_for_search.name}): held-out objective "
+            f"{start_value:.4f} ({result.start}) -> {best_value:.4f} (searched); kept "
+            f"{'searched' if improved else result.start} "
+            f"counts {kept}"
+        )
+        if cfg.what == "allocation":
+            policy = policy_for_search
+    return schedule, policy, report
+
+
+def _grpo_stage(
+    model: torch.nn.Module, policy: Any, schedule: Any, chain: Any, seq_len: int, cfg: ScheduleRunConfig
+) -> tuple[Any, dict[str, Any]]:
+    """GRPO after imitation; the fine-tuned head is kept only if its held-out reward is higher."""
+
+    if chain is None:
+        raise ConfigError(
+            "policy.grpo needs an exact scorer for its reward; it runs on markov models only (set "
+            "policy.grpo.iterations=0)"
+        )
+    head, history = grpo_finetune(
+        model,
+        policy.head,
+        policy,
+        schedule,
+        chain,
+        seq_len,
+        cfg.steps,
+        cfg.policy.grpo,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    tuned = LearnedPolicy(head, policy.vocab_size, policy.threshold, policy.fallback)
+    args = (chain, seq_len, cfg.steps, cfg.allocation.heldout_samples, cfg.seed + 15_485_863, cfg.batch_size)
+    before, after = (
+        deployed_reward(model, schedule, policy, *args),
+        deployed_reward(model, schedule, tuned, *args),
+    )
+    print(
+        f"grpo: held-out reward (quality x speed) {before:.4f} (imitation) -> {after:.4f} (fine-tuned); kept "
+        f"{'fine-tuned' if after > before else 'imitation'}"
+    )
+    report = {
+        "history": history,
+        "heldout_reward": {"imitation": before, "grpo": after},
+        "kept": after > before,
+    }
+    return (tuned if after > before else policy), report
+
+
+def _head_size(hidden: int) -> int:
+
+    return PolicyHead(hidden).num_parameters()

@@ -1,0 +1,112 @@
+"""The teacher LightningModule: pretrain a denoiser with MDLM's continuous-time NELBO."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from fewstep.core.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
+from fewstep.core.streams import NoiseSource, step_noise
+from fewstep.data.tokens import split_batch
+from fewstep.errors import NonFiniteLossError
+from fewstep.model.denoiser import Denoiser
+from fewstep.training.config import OptimConfig
+from fewstep.training.ema import SubmoduleEMA
+from fewstep.training.optim import warmup_cosine
+from fewstep.training.runtime import clip_gradients
+
+__all__ = [
+    "TeacherModule",
+]
+
+
+
+
+
+
+class TeacherModule(L.LightningModule):
+    """Trains `denoiser` on the NELBO; logs `train/nelbo`, `val/nelbo` and `val/nelbo_raw` in nats per token.
+
+    `val/nelbo` is the validation NELBO of the averaged weights (`ema`, a `SubmoduleEMA` of
+    `denoiser`), `val/nelbo_raw` that of the weights the optimiser reached; without an EMA the two
+    are the same. Both see the same masks and times. With `data_entropy` (the exact per-token entropy
+    of the data, known for `markov`) it also logs `val/gap`, the relative excess of `val/nelbo` over
+    that optimum.
+    """
+
+    def __init__(self, denoiser: Denoiser, schedule: NoiseSchedule, optim: OptimConfig, max_steps: int,
+                 antithetic: bool = True, data_entropy: float | None = None, val_seed: int = 1234,
+                 seed: int = 0, ema: SubmoduleEMA | None = None) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.ema = ema
+        self.schedule = schedule
+        self.optim = optim
+        self.max_steps = max_steps
+        self.antithetic = antithetic
+        self.data_entropy = data_entropy
+        self.val_seed = val_seed
+        self.seed = seed
+
+    def nelbo(self, x0: torch.Tensor, generator: NoiseSource = None, prompt_len: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Mean NELBO per token (nats) of a batch, one t per sequence; with `prompt_len`, per response token
+        (the prompt is never masked and never counted)."""
+        t = sample_t(x0.shape[0], self.antithetic, generator=generator, device=x0.device)
+        z = forward_process(x0, t, self.schedule, self.denoiser.mask_id, generator=generator, prompt_len=prompt_len)
+        logits = self.denoiser(z, t)
+        per_position = nelbo_per_position(logits, x0, z, t, self.schedule, self.denoiser.mask_id, prompt_len)
+        if prompt_len is None:
+            return per_position.mean()
+        response_tokens = (x0.shape[1] - prompt_len).sum().clamp_min(1)
+        return per_position.sum() / response_tokens
+
+    def training_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> torch.Tensor:
+        tokens, prompt_len = split_batch(batch)
+        # noise fixed by (seed, step, position in the global batch): resumed and data-parallel runs
+        # draw exactly what an uninterrupted single-process run draws
+        noise = step_noise(self.seed, self.global_step, tokens.shape[0], self.global_rank, self.trainer.world_size,
+                           tokens.device)
+        loss = self.nelbo(tokens, generator=noise, prompt_len=prompt_len)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {self.global_step}; the last good checkpoint is kept. "
+                "Lower optim.lr, keep optim.grad_clip on, or use trainer.precision=32-true."
+            )
+        self.log("train/nelbo", loss, prog_bar=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> None:
+        tokens, prompt_len = split_batch(batch)
+        raw = self._val_nelbo(tokens, batch_idx, prompt_len)
+        averaged = raw
+        if self.ema is not None:
+            with self.ema.applied(self):
+                averaged = self._val_nelbo(tokens, batch_idx, prompt_len)
+        self.log("val/nelbo", averaged, prog_bar=True, sync_dist=True)
+        self.log("val/nelbo_raw", raw, sync_dist=True)
+        if self.data_entropy:
+            self.log("val/gap", averaged / self.data_entropy - 1.0, sync_dist=True)
+
+    def _val_nelbo(self, tokens: torch.Tensor, batch_idx: int, prompt_len: torch.Tensor | None) -> torch.Tensor:
+        # the same masks and times at every validation and for both weights, so the figures compare
+        noise = step_noise(self.val_seed, batch_idx, tokens.shape[0], self.global_rank, self.trainer.world_size,
+                           tokens.device)
+        return self.nelbo(tokens, generator=noise, prompt_len=prompt_len)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP-aware
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.denoiser.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name or "bias" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim.lr, betas=tuple(self.optim.betas),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.optim.warmup_steps, self.max_steps, self.optim.decay, self.optim.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
