@@ -60,7 +60,8 @@ def _row(model, sampler, tps, accuracy, tpf):
 
 
 def test_the_pareto_front_and_aup_of_a_prompted_sweep():
-    from fewstep.tradeoff.pareto import aup_by_curve, pareto_front, quality_key
+    from fewstep.evaluation.metrics import quality_key
+    from fewstep.tradeoff.pareto import aup_by_curve, pareto_front
 
     rows = [_row("teacher", "llada", 100, 0.95, 1.0), _row("teacher", "llada", 400, 0.40, 4.0),
             _row("student", "llada", 400, 0.93, 4.0), _row("student", "llada", 800, 0.91, 8.0)]

@@ -15,6 +15,7 @@ from fewstep.data.config import data_config
 from fewstep.data.sources import build_data
 from fewstep.errors import ConfigError, OwnershipError, RunError
 from fewstep.evaluation.autoregressive import load_evaluator
+from fewstep.evaluation.metrics import quality_key
 from fewstep.model.model_dir import load_model_dir
 from fewstep.samplers.presets import sample_with_spec, sampler_from_spec, spec_is_learned, spec_schedule
 from fewstep.samplers.scheduler_config import SCHEDULER_FILE, read_scheduler_config
@@ -29,7 +30,6 @@ from fewstep.tradeoff.pareto import (
     measure_prompted,
     pareto_front,
     plot_pareto,
-    quality_key,
     write_tradeoff,
 )
 from fewstep.training.runtime import check_device, wandb_mode

@@ -26,11 +26,22 @@ from fewstep.core.io import atomic_save, atomic_write_text
 from fewstep.evaluation.accuracy import evaluate_accuracy, reference_answers
 from fewstep.evaluation.aup import aup
 from fewstep.evaluation.autoregressive import ar_sample, generative_nll
+from fewstep.evaluation.metrics import HIGHER_IS_BETTER, quality_key, quality_loss
 from fewstep.evaluation.quality import markov_quality, response_entropy, unigram_entropy
 
-__all__ = ["SampleFn", "Candidate", "measure", "measure_prompted", "ar_row", "pareto_front", "quality_key",
-           "quality_loss", "aup_by_curve", "HIGHER_IS_BETTER", "write_tradeoff",
-           "plot_pareto", "log_wandb", "python_lines_ok"]
+__all__ = [
+    "SampleFn",
+    "Candidate",
+    "measure",
+    "measure_prompted",
+    "ar_row",
+    "pareto_front",
+    "aup_by_curve",
+    "write_tradeoff",
+    "plot_pareto",
+    "log_wandb",
+    "python_lines_ok",
+]
 
 # (model, num_samples, seq_len, steps, seed) -> (tokens [N, L], nfe per sequence, seconds)
 SampleFn = Callable[[Any, int, int, int, int], tuple[torch.Tensor, float, float]]
@@ -159,22 +170,10 @@ def ar_row(evaluator: Any, data: Any, num_samples: int, seed: int, repeats: int 
     }
 
 
-HIGHER_IS_BETTER = ("accuracy", "python_lines_ok")  # every other quality metric is a loss
 
 
-def quality_key(rows: list[dict[str, Any]]) -> str:
-    """The headline quality metric present in every row: accuracy (prompt sets), else gen_nll, else
-    exact_nll, else teacher_nelbo, else entropy."""
-    for key in ("accuracy", "gen_nll", "exact_nll", "teacher_nelbo"):
-        if rows and all(key in r["quality"] for r in rows):
-            return key
-    return "entropy"
 
 
-def quality_loss(row: dict[str, Any], key: str) -> float:
-    """`key` of a row as a loss (lower is better): accuracy-like metrics negated."""
-    value = float(row["quality"][key])
-    return -value if key in HIGHER_IS_BETTER else value
 
 
 def pareto_front(rows: list[dict[str, Any]], key: str) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.errors import RunError
-from fewstep.tradeoff.pareto import HIGHER_IS_BETTER, quality_loss
+from fewstep.evaluation.metrics import HIGHER_IS_BETTER, quality_loss
 
 __all__ = ["Target", "tune", "reference_row", "entropy_reference_row", "load_tradeoff"]
 
