@@ -1,8 +1,8 @@
 """fewstep: distil many-step masked-diffusion language models into few-step students.
 
-The code lives in three subpackages: `fewstep.distill` (diffusion maths, denoiser, data, Lightning
-modules, export), `fewstep.samplers` (samplers and unmasking schedules) and `fewstep.kernels`
-(fused denoising-step kernels).
+`fewstep.load(path).generate(...)` serves an export. The subpackages are layers (ARCHITECTURE.md): errors
+and `core` at the bottom, then `kernels`, `data`, `samplers`, `training`, `model`, `evaluation`, the
+stages (`teacher`, `distillation`, `schedule`, `tradeoff`, `deploy`) and the CLI on top.
 """
 
 from fewstep.version import __version__

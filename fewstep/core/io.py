@@ -32,8 +32,6 @@ OWN_FILES = (MARKER, "fewstep.json", "fewstep_evaluator.json")
 CHECKPOINT_GLOBALS: tuple[Any, ...] = ()
 
 
-
-
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -105,8 +103,6 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None],
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:

@@ -30,8 +30,6 @@ __all__ = [
 MASK_TOKEN = "[MASK]"
 
 
-
-
 @dataclass
 class TokenData:
     """Everything a run needs from its data source."""
@@ -131,11 +129,5 @@ def fingerprint(description: dict[str, Any], *tensors: torch.Tensor) -> str:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 of a tokenizer's sorted token -> id map: two tokenizers decode alike only when it matches."""
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
-
-
-
-
-
-
 
 

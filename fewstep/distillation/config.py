@@ -27,11 +27,6 @@ __all__ = [
 ]
 
 
-
-
-
-
-
 @dataclass
 class StudentConfig:
     """The student starts as a copy of the teacher (`init: teacher`) or as a new `model` (`init: config`)."""

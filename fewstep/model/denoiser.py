@@ -26,8 +26,6 @@ __all__ = [
 ]
 
 
-
-
 class TimeEmbedding(nn.Module):
     """Sinusoidal features of t, then an MLP; the last layer starts at zero so it is a no-op at init."""
 

@@ -81,29 +81,11 @@ def detect_family(config: dict[str, Any]) -> Family:
     return FAMILIES["masked_lm"]
 
 
-
-
 def dtype_kwargs(name: str) -> dict[str, Any]:
     import transformers
 
     value = "auto" if name == "auto" else getattr(torch, name)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": value} if (major, minor) >= (4, 56) else {"torch_dtype": value}  # renamed in 4.56
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 

@@ -29,8 +29,6 @@ __all__ = [
 ]
 
 
-
-
 class _Sampling(LearnedPolicy):
     """The head as a stochastic policy; remembers each step's features and draws."""
 

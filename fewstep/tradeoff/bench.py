@@ -43,10 +43,6 @@ __all__ = [
 ]
 
 
-
-
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

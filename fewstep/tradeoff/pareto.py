@@ -170,12 +170,6 @@ def ar_row(evaluator: Any, data: Any, num_samples: int, seed: int, repeats: int 
     }
 
 
-
-
-
-
-
-
 def pareto_front(rows: list[dict[str, Any]], key: str) -> list[int]:
     """Indices of rows no other row beats on both speed (tokens/s, higher) and quality (`key`)."""
     front = []

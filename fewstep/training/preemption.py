@@ -26,8 +26,6 @@ __all__ = [
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-
-
 class PreemptionCheckpoint(L.Callback):
     """Turn SIGTERM / SIGUSR1 into: finish the step, save `last.ckpt`, stop (and requeue under SLURM).
 

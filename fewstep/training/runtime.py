@@ -48,8 +48,6 @@ def expected_warnings() -> Iterator[None]:
         yield
 
 
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file, fsynced, then renamed: a crash never leaves half a file.
 
