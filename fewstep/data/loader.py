@@ -22,7 +22,6 @@ from fewstep.errors import DataError
 __all__ = ["GlobalBatchSampler", "DataPosition", "train_loader", "eval_loader"]
 
 
-
 class GlobalBatchSampler(Sampler[list[int]]):
     """This process's share of each global batch of a seeded per-epoch permutation (drop-last)."""
 

@@ -85,6 +85,26 @@ def _check_generation(settings: Any, where: str) -> dict[str, Any]:
     return settings
 
 
+def _default_generation(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a model directory without `fewstep_generation.json` generates with: its own step count (64 if
+    it has none), MDLM's ancestral sampler on its noise schedule, temperature 1."""
+    return {"steps": meta.get("steps", 64), "sampler": "ancestral",
+            "schedule": meta.get("noise_schedule", "loglinear"), "temperature": 1.0}
+
+
+def _generation_defaults(meta: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The defaults overridden by the directory's `fewstep_generation.json`, checked, if it has one."""
+    settings = _default_generation(meta)
+    file = directory / GENERATION_FILE
+    if file.exists():
+        try:
+            saved = json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise ModelError(f"{file} is not valid JSON ({error})") from error
+        settings.update(_check_generation(saved, str(file)))
+    return settings
+
+
 def _check_out_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
     """OUT_DIR must be new, empty, or an export (then only with --overwrite); never an input's directory."""
     if check_dir(out_dir, "export", inputs) == "export" and not overwrite:
@@ -111,16 +131,7 @@ def export_model(source: str | Path, out_dir: str | Path, generation: dict[str, 
     else:
         loaded = load_model_dir(source, trust_remote_code=trust_remote_code)
         denoiser, tokenizer, meta, origin = loaded.denoiser, loaded.tokenizer, loaded.meta, resolve_model_dir(source)
-    defaults = {"steps": meta.get("steps", 64), "sampler": "ancestral", "schedule": meta.get("noise_schedule",
-                                                                                             "loglinear"),
-                "temperature": 1.0}
-    previous = origin / GENERATION_FILE
-    if previous.exists():
-        try:
-            defaults.update(_check_generation(json.loads(previous.read_text()), str(previous)))
-        except json.JSONDecodeError as error:
-            raise ModelError(f"{previous} is not valid JSON ({error})") from error
-    defaults.update(generation or {})
+    defaults = {**_generation_defaults(meta, origin), **(generation or {})}
     _check_generation(defaults, "the generation defaults")
     meta = {**meta, "steps": defaults["steps"], "sampler": defaults["sampler"], "schedule": defaults["schedule"]}
 
@@ -162,13 +173,14 @@ class Pipeline:
         chat template (an error if it has none).
         """
 
-        steps = steps or int(self.generation["steps"])
+        generation = {**_default_generation(self.meta), **self.generation}
+        steps = steps or int(generation["steps"])
         seq_len = seq_len or int(self.meta.get("seq_len", 64))
-        temperature = self.generation.get("temperature", 1.0) if temperature is None else temperature
-        sampler = self.generation.get("sampler", "ancestral")
+        temperature = generation["temperature"] if temperature is None else temperature
+        sampler = generation["sampler"]
         noise_schedule = self.meta.get("noise_schedule", "loglinear")
         if sampler == "ancestral":  # its "schedule" is the noise schedule it was tuned with
-            noise_schedule = self.generation.get("schedule", noise_schedule)
+            noise_schedule = generation["schedule"]
         rows, ids = None, None
         if prompts is not None:
             encoded = [self.encode_prompt(text, chat) for text in prompts]
@@ -227,12 +239,5 @@ def load(path: str | Path, device: str | torch.device = "cpu", trust_remote_code
     """
     loaded = load_model_dir(path, device=device, trust_remote_code=trust_remote_code)
     directory = resolve_model_dir(path)
-    generation = {"steps": loaded.meta.get("steps", 64), "sampler": "ancestral",
-                  "schedule": loaded.meta.get("noise_schedule", "loglinear"), "temperature": 1.0}
-    if (directory / GENERATION_FILE).exists():
-        try:
-            generation.update(_check_generation(json.loads((directory / GENERATION_FILE).read_text()),
-                                                str(directory / GENERATION_FILE)))
-        except json.JSONDecodeError as error:
-            raise ModelError(f"{directory / GENERATION_FILE} is not valid JSON ({error})") from error
-    return Pipeline(loaded.denoiser, loaded.tokenizer, loaded.meta, generation, directory)
+    return Pipeline(loaded.denoiser, loaded.tokenizer, loaded.meta, _generation_defaults(loaded.meta, directory),
+                    directory)

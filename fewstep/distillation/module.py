@@ -24,7 +24,7 @@ from fewstep.errors import NonFiniteLossError
 from fewstep.model.denoiser import Denoiser
 from fewstep.model.lora import merge_lora_
 from fewstep.training.config import OptimConfig
-from fewstep.training.optim import warmup_cosine
+from fewstep.training.optim import make_optimizer
 from fewstep.training.runtime import clip_gradients
 
 __all__ = ["DistillModule"]
@@ -145,11 +145,5 @@ class DistillModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP-aware
 
-    def configure_optimizers(self):
-        trainable = [p for p in self.student.parameters() if p.requires_grad]  # LoRA: the adapters only
-        optimizer = torch.optim.AdamW(trainable, lr=self.optim.lr, betas=tuple(self.optim.betas),
-                                      weight_decay=self.optim.weight_decay)
-        total = self.rounds.count * self.rounds.steps_per_round
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.optim.warmup_steps, total, self.optim.decay, self.optim.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> dict:
+        return make_optimizer(self.student, self.optim, self.rounds.count * self.rounds.steps_per_round)

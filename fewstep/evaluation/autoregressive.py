@@ -31,7 +31,7 @@ from fewstep.errors import ModelError, NonFiniteLossError
 from fewstep.evaluation.config import EvaluatorModelConfig, EvaluatorRunConfig
 from fewstep.kernels.stats import draw_tokens
 from fewstep.training.config import OptimConfig
-from fewstep.training.optim import warmup_cosine
+from fewstep.training.optim import make_optimizer
 from fewstep.training.runtime import (
     AtomicCheckpointIO,
     allocation_errors,
@@ -92,12 +92,8 @@ class ARModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.log("val/nll", self.nll(batch), prog_bar=True, sync_dist=True)
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.optim.lr, betas=tuple(self.optim.betas),
-                                      weight_decay=self.optim.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-            self.optim.warmup_steps, self.max_steps, self.optim.decay, self.optim.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> dict:
+        return make_optimizer(self.model, self.optim, self.max_steps)
 
 
 def train_evaluator(cfg: EvaluatorRunConfig, resume: bool = False) -> dict[str, Any]:

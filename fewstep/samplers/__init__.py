@@ -9,6 +9,7 @@ Every step runs through `fewstep.kernels.token_stats`; MDLM's ancestral sampler 
 allocations and policy heads live in a model directory's `scheduler_config.json`.
 """
 
+from fewstep.samplers import schedules
 from fewstep.samplers.policies import (
     POLICY_NAMES,
     DilatedPolicy,
@@ -24,31 +25,13 @@ from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead
 from fewstep.samplers.presets import PRESETS, build_sampler
 from fewstep.samplers.sampler import SampleOutput, Sampler, StepRecord
 from fewstep.samplers.scheduler_config import load_learned, save_scheduler_config
-from fewstep.samplers.schedules import (
-    SCHEDULE_NAMES,
-    AllocationSchedule,
-    CapSchedule,
-    DreamSchedule,
-    EvenSchedule,
-    GeometricSchedule,
-    NoiseCurveSchedule,
-    Schedule,
-    make_step_schedule,
-)
+from fewstep.samplers.schedules import *  # noqa: F403 (exactly schedules.__all__, named once, there)
 
 __all__ = [
     "SampleOutput",
     "Sampler",
     "StepRecord",
-    "Schedule",
-    "NoiseCurveSchedule",
-    "GeometricSchedule",
-    "AllocationSchedule",
-    "EvenSchedule",
-    "DreamSchedule",
-    "CapSchedule",
-    "make_step_schedule",
-    "SCHEDULE_NAMES",
+    *schedules.__all__,  # every schedule, by the list that module keeps
     "Policy",
     "RandomPolicy",
     "DilatedPolicy",

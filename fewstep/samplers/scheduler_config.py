@@ -57,8 +57,8 @@ def save_scheduler_config(
     if isinstance(policy, LearnedPolicy):
         save_head(policy.head, model_dir / HEAD_FILE)
         policy_cfg["weights"] = HEAD_FILE
+    # no "_class_name": older files name a class that never existed (FewstepUnmaskingScheduler); reading ignores it
     content = {
-        "_class_name": "FewstepUnmaskingScheduler",
         "format": FORMAT,
         "fewstep_version": __version__,
         "model": model_identity(meta),

@@ -62,10 +62,17 @@ class Schedule:
         `initial` [batch]: masked tokens of the block when it started; `eligible` [batch, width]: the
         block's masked positions now; `uniform` [batch, width]: the step's per-token uniforms.
         """
-        fractions = self.fractions(steps)  # a host-side curve: no device synchronisation
+        self.check_steps(steps)
         remaining = eligible.sum(dim=1)
-        if step == steps - 1:
+        if step == steps - 1:  # the block's last step reveals everything left, whatever the curve
             return remaining
+        return self.step_count(step, steps, initial, eligible, uniform, remaining)
+
+    def step_count(self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor,
+                   uniform: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
+        """`counts` before the block's last step; `remaining` [batch] is `eligible.sum(1)`. By default the
+        curve's rounded targets, or with `stochastic` each token revealed with the curve's probability."""
+        fractions = self.fractions(steps)  # a host-side curve: no device synchronisation
         if self.stochastic:
             done, after = float(fractions[step]), float(fractions[step + 1])
             p = min(max((after - done) / (1.0 - done), 0.0), 1.0) if done < 1 else 1.0
@@ -115,12 +122,8 @@ class EvenSchedule(Schedule):
     def fractions(self, steps: int) -> torch.Tensor:
         return torch.arange(steps + 1, dtype=torch.float64) / steps
 
-    def counts(
-        self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor, uniform: torch.Tensor
-    ) -> torch.Tensor:
-        remaining = eligible.sum(dim=1)
-        if step == steps - 1:
-            return remaining
+    def step_count(self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor,
+                   uniform: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
         return torch.minimum(initial // steps + (step < initial % steps).long(), remaining)
 
 
@@ -143,12 +146,8 @@ class DreamSchedule(Schedule):
         fractions[-1] = 1.0
         return fractions
 
-    def counts(
-        self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor, uniform: torch.Tensor
-    ) -> torch.Tensor:
-        remaining = eligible.sum(dim=1)
-        if step == steps - 1:
-            return remaining
+    def step_count(self, step: int, steps: int, initial: torch.Tensor, eligible: torch.Tensor,
+                   uniform: torch.Tensor, remaining: torch.Tensor) -> torch.Tensor:
         ratio = float(self._ratios(steps)[step])  # a host constant: no copy to the device in a captured loop
         return (remaining.to(torch.float32) * ratio).long()
 

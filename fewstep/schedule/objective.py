@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from fewstep.evaluation.metrics import ENTROPY, EXACT_NLL, TEACHER_NELBO
 from fewstep.evaluation.quality import markov_quality, model_nelbo, unigram_entropy
 
 __all__ = ["SampleObjective"]
@@ -37,19 +38,20 @@ class SampleObjective:
         self.reference_entropy = reference_entropy
         self.entropy_weight = entropy_weight
         self.noise_schedule = noise_schedule
-        self.name = "exact_nll" if chain is not None else "model_nelbo"
+        # the scored model's own NELBO is the quantity every table calls teacher_nelbo
+        self.name = EXACT_NLL if chain is not None else TEACHER_NELBO
 
     def metrics(self, tokens: torch.Tensor) -> dict[str, float]:
         """The quality numbers of `tokens` (entropy always among them)."""
         if self.chain is not None:
             return markov_quality(self.chain, tokens)
         return {
-            "model_nelbo": model_nelbo(self.model, tokens, self.noise_schedule, repeats=2),
-            "entropy": unigram_entropy(tokens),
+            TEACHER_NELBO: model_nelbo(self.model, tokens, self.noise_schedule, repeats=2),
+            ENTROPY: unigram_entropy(tokens),
         }
 
     def value(self, metrics: dict[str, float]) -> float:
         deficit = (
-            0.0 if self.reference_entropy is None else max(0.0, self.reference_entropy - metrics["entropy"])
+            0.0 if self.reference_entropy is None else max(0.0, self.reference_entropy - metrics[ENTROPY])
         )
         return metrics[self.name] + self.entropy_weight * deficit

@@ -12,16 +12,10 @@ from fewstep.errors import NonFiniteLossError
 from fewstep.model.denoiser import Denoiser
 from fewstep.training.config import OptimConfig
 from fewstep.training.ema import SubmoduleEMA
-from fewstep.training.optim import warmup_cosine
+from fewstep.training.optim import make_optimizer
 from fewstep.training.runtime import clip_gradients
 
-__all__ = [
-    "TeacherModule",
-]
-
-
-
-
+__all__ = ["TeacherModule"]
 
 
 class TeacherModule(L.LightningModule):
@@ -97,16 +91,5 @@ class TeacherModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP-aware
 
-    def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.denoiser.named_parameters():
-            (no_decay if param.ndim < 2 or "norm" in name or "bias" in name else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.optim.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.optim.lr, betas=tuple(self.optim.betas),
-        )
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.optim.warmup_steps, self.max_steps, self.optim.decay, self.optim.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> dict:
+        return make_optimizer(self.denoiser, self.optim, self.max_steps)

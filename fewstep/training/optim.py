@@ -1,11 +1,20 @@
-"""The learning-rate schedule every run uses: linear warm-up, then constant or cosine decay."""
+"""The optimiser every run uses: AdamW, no weight decay on biases and norms, and its learning-rate
+schedule (linear warm-up, then constant or cosine decay), stepped once per optimiser step."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fewstep.training.config import OptimConfig
+
+__all__ = ["warmup_cosine", "decay_groups", "make_optimizer"]
 
 
-def warmup_cosine(warmup: int, total: int, decay: str, min_ratio: float):
+def warmup_cosine(warmup: int, total: int, decay: str, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warm-up over `warmup` steps, then constant or cosine down to `min_ratio`."""
 
     def factor(step: int) -> float:
@@ -17,3 +26,28 @@ def warmup_cosine(warmup: int, total: int, decay: str, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def _decays(name: str, param: torch.nn.Parameter) -> bool:
+    """Matrices decay; biases, norm weights and every other vector or scalar do not."""
+    return param.ndim >= 2 and "norm" not in name and "bias" not in name
+
+
+def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters of `module` (a LoRA student's adapters only) as two AdamW groups: those
+    that decay by `weight_decay`, then those that never decay. Both groups are always there (either may
+    be empty), so an optimiser's state keeps one layout whatever the model."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (decay if _decays(name, param) else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(module: torch.nn.Module, optim: OptimConfig, total_steps: int) -> dict[str, Any]:
+    """AdamW over `module`'s trainable parameters and its warm-up/decay schedule over `total_steps`
+    optimiser steps, as `LightningModule.configure_optimizers` returns them."""
+    optimizer = torch.optim.AdamW(decay_groups(module, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(optim.warmup_steps, total_steps, optim.decay, optim.min_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
