@@ -4,6 +4,7 @@ checkpoints read without unpickling code (`load_checkpoint`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ __all__ = [
     "MARKER",
     "CHECKPOINT_GLOBALS",
     "load_checkpoint",
+    "read_json_object",
 ]
 
 MARKER = ".fewstep-output"  # the file that says fewstep made a directory (see ownership.py)
@@ -135,3 +137,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it holds a {type(state).__name__})")
     return state
+
+
+def read_json_object(path: Path, error: type[Exception], fix: str) -> dict[str, Any]:
+    """A JSON file that must hold one object; anything else raises `error` naming the file, then `fix`."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as reason:
+        raise error(f"{path} is not valid JSON ({reason}); {fix}") from reason
+    if not isinstance(content, dict):
+        raise error(f"{path} holds a JSON {type(content).__name__}, not an object; {fix}")
+    return content

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fewstep.core.io import atomic_replace_dir
+from fewstep.core.io import atomic_replace_dir, read_json_object
 from fewstep.data.tokens import tokenizer_fingerprint
 from fewstep.errors import ModelError
 from fewstep.model.denoiser import Denoiser, check_tokenizer_identity, check_vocab
@@ -182,17 +182,6 @@ def _check_regular_files(path: Path) -> None:
                              f"regular files only, {REEXPORT}")
 
 
-def _read_json_object(file: Path) -> dict[str, Any]:
-    """A JSON file that must hold one object; anything else is a one-line ModelError naming the file."""
-    try:
-        content = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"{file} is not valid JSON ({error}); {REEXPORT}") from error
-    if not isinstance(content, dict):
-        raise ModelError(f"{file} holds a JSON {type(content).__name__}, not an object; {REEXPORT}")
-    return content
-
-
 def _type_names(types: tuple[type, ...]) -> str:
     if types == (int, float):
         return "a number"
@@ -204,7 +193,7 @@ def _type_names(types: tuple[type, ...]) -> str:
 def _read_meta(path: Path) -> dict[str, Any]:
     """`fewstep.json`, checked for its format and the type of every key the loader reads."""
     file = path / META_FILE
-    meta = _read_json_object(file)
+    meta = read_json_object(file, ModelError, REEXPORT)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{file} has format {meta.get('format')!r}, expected {FORMAT!r}")
     for key, types in {**_REQUIRED, **_OPTIONAL}.items():
@@ -229,7 +218,7 @@ def _code_requests(path: Path, meta: dict[str, Any], family: Any) -> list[str]:
         reasons.append(f"{META_FILE} says it needs remote code")
     for name in ("config.json", "tokenizer_config.json"):
         if (path / name).is_file():
-            auto_map = _read_json_object(path / name).get("auto_map")
+            auto_map = read_json_object(path / name, ModelError, REEXPORT).get("auto_map")
             if auto_map:
                 modules = sorted(_auto_map_modules(auto_map)) if isinstance(auto_map, dict) else []
                 reasons.append(f"{name}'s auto_map names {', '.join(f'{m}.py' for m in modules) or 'model code'}")

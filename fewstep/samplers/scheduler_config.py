@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fewstep.core.io import atomic_write_text
+from fewstep.core.io import atomic_write_text, read_json_object
 from fewstep.errors import RunError
 from fewstep.samplers.policies import Policy, make_policy
 from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead, load_head, save_head
@@ -81,12 +81,7 @@ def read_scheduler_config(model_dir: Path) -> dict[str, Any]:
             f"{model_dir} has no {SCHEDULER_FILE}; learn one with `fewstep schedule schedule/markov "
             f"model={model_dir} steps=N`, or pick a fixed --schedule and --policy"
         )
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{path} is not valid JSON ({error}); re-run `fewstep schedule`") from error
-    if not isinstance(content, dict):
-        raise RunError(f"{path} holds a JSON {type(content).__name__}, not an object; re-run `fewstep schedule`")
+    content = read_json_object(path, RunError, "re-run `fewstep schedule`")
     if content.get("format") != FORMAT:
         raise RunError(
             f"{path} has format {content.get('format')!r}, expected {FORMAT!r}; re-run `fewstep schedule`"
