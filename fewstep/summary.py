@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fewstep.evaluation.metrics import ENTROPY, EXACT_NLL, INVALID_RATE, TEACHER_NELBO
 from fewstep.evaluation.quality import sample_records
 from fewstep.teacher.config import TeacherRunConfig
 
@@ -27,7 +28,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def print_teacher_summary(result: Any, cfg: TeacherRunConfig) -> None:
-
+    """A teacher run's size, time, validation NELBO (against the data's entropy where known) and samples."""
     print(f"\nteacher: {result.num_parameters:,} parameters, {result.steps} steps in {result.train_seconds:.0f} s")
     if result.val_nelbo is not None:
         line = f"validation NELBO {result.val_nelbo:.4f} nats/token"
@@ -51,15 +52,16 @@ def print_distill_summary(result: Any) -> None:
     print(f"\ndistilled for {result.steps} steps in {result.train_seconds:.0f} s; final student: {result.model_dir}")
     if not result.rounds:
         return
-    metric = "exact_nll" if "student_exact_nll" in result.rounds[0] else "teacher_nelbo"
+    # a round record names each model's scores `<model>_<metric>`; the exact NLL where the chain is known (markov)
+    metric = EXACT_NLL if f"student_{EXACT_NLL}" in result.rounds[0] else TEACHER_NELBO
     rows = []
     for record in result.rounds:
         for who in ("student", "teacher", "original"):
             rows.append({"round": record["round"], "model": who, "steps": int(record[f"{who}_steps"]),
                          metric: record.get(f"{who}_{metric}", float("nan")),
-                         "invalid_rate": record.get(f"{who}_invalid_rate", ""),
-                         "entropy": record[f"{who}_entropy"]})
-    columns = ["round", "model", "steps", metric, "entropy"] + (["invalid_rate"] if metric == "exact_nll" else [])
+                         INVALID_RATE: record.get(f"{who}_{INVALID_RATE}", ""),
+                         ENTROPY: record[f"{who}_{ENTROPY}"]})
+    columns = ["round", "model", "steps", metric, ENTROPY] + ([INVALID_RATE] if metric == EXACT_NLL else [])
     print(format_table(rows, columns))
     print("teacher = this round's teacher at k x the student's steps; original = the undistilled teacher at the "
           "student's steps")

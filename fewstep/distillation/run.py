@@ -17,6 +17,7 @@ from fewstep.core.diffusion import make_schedule
 from fewstep.core.ownership import input_paths
 from fewstep.data.loader import train_loader
 from fewstep.data.sources import build_data
+from fewstep.data.tokens import TokenData
 from fewstep.distillation.config import DistillRunConfig
 from fewstep.distillation.module import DistillModule
 from fewstep.distillation.rounds import RoundCallback
@@ -116,31 +117,11 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
 
     schedule_name = teacher.meta.get("noise_schedule", "loglinear")
     schedule = make_schedule(schedule_name, teacher.meta.get("noise_eps", 1e-3))
-    if cfg.student.init == "teacher":
-        student = copy.deepcopy(teacher.denoiser).train()
-    else:
-        student = build_denoiser(cfg.student.model, data.tokenizer, data.mask_id, data.train.shape[1])
-    student.requires_grad_(True)
-    if cfg.student.lora.rank > 0:
-
-        student = apply_lora(student, cfg.student.lora)
+    student = _student(cfg, teacher, data)
     original = copy.deepcopy(teacher.denoiser).eval()
-
     train_tokens, train_prompt_len = data.train, data.train_prompt_len
     if cfg.method == "trajectory":
-        steps = cfg.trajectory.teacher_steps or cfg.rounds.start_steps * cfg.rounds.k
-        spec, temperature = cfg.trajectory.resolved(data.prompted)
-        signature = {"teacher": str(cfg.teacher.path), "fingerprint": teacher.meta.get("data_fingerprint"),
-                     "steps": steps, "seq_len": data.train.shape[1], "seed": cfg.trainer.seed}
-        if data.prompted or spec != "ancestral" or temperature != 1.0:  # earlier caches stay valid
-            signature.update(sampler=spec, temperature=temperature, data=data.fingerprint)
-        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
-        train_tokens, train_prompt_len = ensure_trajectories(
-            teacher.denoiser.to(device), out_dir / "trajectories.pt", cfg.trajectory.num_trajectories,
-            data.train.shape[1], steps, cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
-            signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
-            prompt_len=data.train_prompt_len, spec=spec, temperature=temperature)
-        teacher.denoiser.cpu()
+        train_tokens, train_prompt_len = _trajectories(cfg, teacher, data, out_dir, schedule_name)
 
     module = DistillModule(student, teacher.denoiser, schedule, cfg.method, cfg.loss, cfg.rounds, cfg.optim,
                            cfg.trajectory, seed=cfg.trainer.seed)
@@ -149,7 +130,6 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
     del teacher  # the module owns the teacher now; no second reference keeps a replaced one alive
     ema = SubmoduleEMA("student", cfg.optim.ema, cfg.optim.ema_warmup) if cfg.optim.ema > 0 else None
     rounds = RoundCallback(cfg, data, original, meta, ema)
-    total = cfg.rounds.count * cfg.rounds.steps_per_round
     checkpoints = out_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="step-{step}", save_top_k=0, save_last=True,
                                  enable_version_counter=False,
@@ -158,18 +138,8 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
     loader, position = train_loader(train_tokens, cfg.trainer.batch_size, seed=cfg.trainer.seed,
                                     num_workers=cfg.trainer.num_workers, prompt_len=train_prompt_len)
     prepare_backbone(student, cfg.trainer)
-    trainer = L.Trainer(
-        max_steps=total,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        limit_val_batches=0,
-        log_every_n_steps=cfg.trainer.log_every,
-        enable_progress_bar=cfg.trainer.progress,
-        enable_model_summary=False,
-        logger=make_loggers(cfg.logger, out_dir, "distill", cfg),
-        callbacks=[*([ema] if ema else []), rounds, checkpoint, preemption, position, *(callbacks or [])],
-        default_root_dir=str(out_dir),
-        **cluster_trainer_args(cfg.trainer, module),
-    )
+    trainer = _trainer(cfg, out_dir, module,
+                       [*([ema] if ema else []), rounds, checkpoint, preemption, position, *(callbacks or [])])
     start = time.perf_counter()
     with expected_warnings():  # the frozen teacher in eval mode, the position-restoring sampler
         trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -181,3 +151,50 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
                         f"checkpoint saved in {checkpoints}; continue with the same command and --resume")
     return DistillResult(out_dir=out_dir, model_dir=out_dir / "model", rounds=rounds.history,
                          train_seconds=elapsed, steps=trainer.global_step, is_global_zero=trainer.is_global_zero)
+
+
+def _student(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData) -> torch.nn.Module:
+    """The trainable student: a copy of the teacher or a fresh denoiser (`student.init`), LoRA-wrapped if asked."""
+    if cfg.student.init == "teacher":
+        student = copy.deepcopy(teacher.denoiser).train()
+    else:
+        student = build_denoiser(cfg.student.model, data.tokenizer, data.mask_id, data.train.shape[1])
+    student.requires_grad_(True)
+    if cfg.student.lora.rank > 0:
+        student = apply_lora(student, cfg.student.lora)
+    return student
+
+
+def _trajectories(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData, out_dir: Path, schedule_name: str
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher's own samples as training tokens (and their prompt length), cached in `trajectories.pt`."""
+    steps = cfg.trajectory.teacher_steps or cfg.rounds.start_steps * cfg.rounds.k
+    spec, temperature = cfg.trajectory.resolved(data.prompted)
+    signature = {"teacher": str(cfg.teacher.path), "fingerprint": teacher.meta.get("data_fingerprint"),
+                 "steps": steps, "seq_len": data.train.shape[1], "seed": cfg.trainer.seed}
+    if data.prompted or spec != "ancestral" or temperature != 1.0:  # earlier caches stay valid
+        signature.update(sampler=spec, temperature=temperature, data=data.fingerprint)
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    tokens, prompt_len = ensure_trajectories(
+        teacher.denoiser.to(device), out_dir / "trajectories.pt", cfg.trajectory.num_trajectories,
+        data.train.shape[1], steps, cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
+        signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
+        prompt_len=data.train_prompt_len, spec=spec, temperature=temperature)
+    teacher.denoiser.cpu()
+    return tokens, prompt_len
+
+
+def _trainer(cfg: DistillRunConfig, out_dir: Path, module: DistillModule, callbacks: list[Callback]) -> L.Trainer:
+    """The Lightning trainer of a distillation: every round's steps, no validation loop (rounds validate)."""
+    return L.Trainer(
+        max_steps=cfg.rounds.count * cfg.rounds.steps_per_round,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        limit_val_batches=0,
+        log_every_n_steps=cfg.trainer.log_every,
+        enable_progress_bar=cfg.trainer.progress,
+        enable_model_summary=False,
+        logger=make_loggers(cfg.logger, out_dir, "distill", cfg),
+        callbacks=callbacks,
+        default_root_dir=str(out_dir),
+        **cluster_trainer_args(cfg.trainer, module),
+    )

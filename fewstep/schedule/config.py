@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from fewstep.core.config import MISSING
 from fewstep.errors import ConfigError
 
-pass
-
 
 @dataclass
 class GRPOConfig:

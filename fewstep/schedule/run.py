@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from fewstep.data.config import data_config
 from fewstep.data.sources import build_data
@@ -23,7 +26,7 @@ from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead
 from fewstep.samplers.sampler import Sampler
 from fewstep.samplers.scheduler_config import save_scheduler_config
 from fewstep.samplers.schedules import AllocationSchedule, NoiseCurveSchedule, Schedule
-from fewstep.schedule.allocation import START_CURVES, search_allocation
+from fewstep.schedule.allocation import START_CURVES, AllocationResult, search_allocation
 from fewstep.schedule.config import ScheduleRunConfig
 from fewstep.schedule.grpo import deployed_reward, grpo_finetune
 from fewstep.schedule.imitation import head_accuracy, imitation_data, train_head
@@ -33,12 +36,6 @@ from fewstep.training.runtime import check_device
 __all__ = [
     "run_schedule_config",
 ]
-
-
-
-
-
-
 
 
 def _heldout(meta: dict[str, Any], model_dir: Path) -> tuple[Any, torch.Tensor | None]:
@@ -112,11 +109,8 @@ def learn_schedule(
             "step needs no schedule"
         )
     report: dict[str, Any] = {"what": cfg.what, "seq_len": seq_len, "seed": cfg.seed}
-    search_with = cfg.allocation.policy
-    if search_with == "auto":
-        search_with = "learned" if cfg.what == "both" else "confidence"
-    base = search_with if search_with != "learned" else "confidence"
-    policy: Policy = make_policy(base)
+    search_with = _search_policy(cfg)
+    policy: Policy = make_policy(search_with if search_with != "learned" else "confidence")
     schedule: Schedule = NoiseCurveSchedule("loglinear")
     reference = unigram_entropy(val) if val is not None else None
     objective = SampleObjective(
@@ -126,82 +120,11 @@ def learn_schedule(
         entropy_weight=cfg.allocation.entropy_weight,
         noise_schedule=noise_schedule,
     )
-
-    def quality(sampler: Sampler, num: int, seed: int) -> tuple[float, dict[str, float], float]:
-        out = sampler.generate(model, num, seq_len, cfg.steps, seed=seed, batch_size=cfg.batch_size)
-        metrics = objective.metrics(out.tokens)
-        return objective.value(metrics), metrics, out.nfe_per_sequence
+    quality = _Quality(model, objective, cfg, seq_len)
 
     if cfg.what in ("policy", "both"):
-        head_params = _head_size(cfg.policy.hidden)
-        model_params = sum(p.numel() for p in model.parameters())
-        if model_params and head_params > 0.001 * model_params:
-            raise ConfigError(
-                f"a policy head with hidden={cfg.policy.hidden} has {head_params} parameters, more than "
-                f"0.1% of the model's {model_params}; lower policy.hidden (0 = logistic regression)"
-            )
-        rollout_steps = cfg.policy.rollout_steps or seq_len
-        kwargs = dict(
-            rollout_steps=rollout_steps,
-            rollout_policy=cfg.policy.rollout_policy,
-            vocab_size=vocab_size,
-            batch_size=cfg.batch_size,
-            max_examples=cfg.policy.max_examples,
-            temperature=cfg.temperature,
-        )
-        print(
-            f"policy head: {cfg.policy.rollouts} + {cfg.policy.heldout_rollouts} (held-out) reference rollouts "
-            f"of {rollout_steps} steps ({cfg.policy.rollout_policy})",
-            flush=True,
-        )
-        train = imitation_data(model, cfg.policy.rollouts, seq_len, seed=cfg.seed, **kwargs)
-        heldout = imitation_data(model, cfg.policy.heldout_rollouts, seq_len, seed=cfg.seed + 7919, **kwargs)
-        head = train_head(train, cfg.policy.hidden, cfg.policy.updates, cfg.policy.lr, seed=cfg.seed)
-        fallbacks = (
-            ["none", "random", "dilated", "confidence", "margin"]
-            if cfg.policy.fallback == "auto"
-            else [cfg.policy.fallback]
-        )
-        tried = {}
-        for name in fallbacks:
-            candidate = LearnedPolicy(
-                head, vocab_size, cfg.policy.threshold, None if name == "none" else make_policy(name)
-            )
-            if len(fallbacks) > 1:
-                tried[name] = quality(
-                    Sampler(schedule, candidate, temperature=cfg.temperature),
-                    cfg.allocation.num_samples,
-                    cfg.seed,
-                )[0]
-        chosen = min(tried, key=tried.get) if tried else fallbacks[0]
-        policy = LearnedPolicy(
-            head, vocab_size, cfg.policy.threshold, None if chosen == "none" else make_policy(chosen)
-        )
-        grpo_report = None
-        if cfg.policy.grpo.iterations > 0:
-            policy, grpo_report = _grpo_stage(model, policy, schedule, chain, seq_len, cfg)
-        report["policy"] = {
-            "heldout": head_accuracy(head, heldout),
-            "train": head_accuracy(head, train),
-            "parameters": head.num_parameters(),
-            "model_parameters": model_params,
-            "rollout_steps": rollout_steps,
-            "rollout_policy": cfg.policy.rollout_policy,
-            "fallback": chosen,
-            "fallback_objective": tried,
-            "grpo": grpo_report,
-        }
-        held = report["policy"]["heldout"]
-        print(
-            f"policy head: {head.num_parameters()} parameters; held-out imitation accuracy "
-            f"{held['accuracy']:.3f} (majority class {held['majority_baseline']:.3f}, top-1 > 0.5 rule "
-            f"{held['confidence_rule']:.3f}); "
-            f"fallback order {chosen}"
-        )
-        if search_with != "learned":
-            policy_for_search: Policy = make_policy(search_with)
-        else:
-            policy_for_search = policy
+        policy, report["policy"] = _learn_policy(model, cfg, seq_len, vocab_size, schedule, chain, quality)
+        policy_for_search = make_policy(search_with) if search_with != "learned" else policy
     else:
         if search_with == "learned":
             raise ConfigError(
@@ -210,76 +133,199 @@ def learn_schedule(
         policy_for_search = policy
 
     if cfg.what in ("allocation", "both"):
-
-        def measure(counts: list[int], num: int, seed: int) -> tuple[float, dict[str, float], float]:
-            return quality(
-                Sampler(
-                    AllocationSchedule.from_counts(counts), policy_for_search, temperature=cfg.temperature
-                ),
-                num,
-                seed,
-            )
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(START_CURVES) + cfg.allocation.iterations,
-            desc=f"allocation search ({cfg.steps} steps)",
-            disable=not cfg.progress,
-        )
-        best = float("inf")
-
-        def evaluate(counts: list[int]) -> float:
-            nonlocal best
-            value = measure(counts, cfg.allocation.num_samples, cfg.seed)[0]
-            best = min(best, value)
-            bar.update()
-            bar.set_postfix(best=f"{best:.4f}")
-            return value
-
-        try:
-            result = search_allocation(
-                evaluate,
-                cfg.steps,
-                seq_len,
-                cfg.allocation.iterations,
-                cfg.allocation.patience,
-                seed=cfg.seed,
-            )
-        finally:
-            bar.close()
-        held_seed = cfg.seed + 104_729
-        start_value, start_metrics, start_nfe = measure(
-            result.start_counts, cfg.allocation.heldout_samples, held_seed
-        )
-        best_value, best_metrics, best_nfe = measure(result.counts, cfg.allocation.heldout_samples, held_seed)
-        improved = best_value < start_value
-        kept = result.counts if improved else result.start_counts
-        schedule = AllocationSchedule.from_counts(kept)
-        report["allocation"] = {
-            "objective": objective.name,
-            "policy": policy_for_search.name,
-            "counts": kept,
-            "start": result.start,
-            "start_counts": result.start_counts,
-            "evaluations": result.evaluations,
-            "search": {"start": result.start_value, "best": result.best_value},
-            "heldout": {
-                "start": {"value": start_value, **start_metrics, "nfe": start_nfe},
-                "learned": {"value": best_value, **best_metrics, "nfe": best_nfe},
-            },
-            "improved_on_heldout": improved,
-            "reference_entropy": reference,
-        }
-        print(
-            f"allocation ({objective.name}, policy {policy_for_search.name}): held-out objective "
-            f"{start_value:.4f} ({result.start}) -> {best_value:.4f} (searched); kept "
-            f"{'searched' if improved else result.start} "
-            f"counts {kept}"
-        )
+        schedule, report["allocation"] = _learn_allocation(cfg, seq_len, policy_for_search, quality, reference)
         if cfg.what == "allocation":
             policy = policy_for_search
     return schedule, policy, report
+
+
+def _search_policy(cfg: ScheduleRunConfig) -> str:
+    """The policy the allocation is searched with: `auto` is the learned head with what=both, else confidence."""
+    if cfg.allocation.policy == "auto":
+        return "learned" if cfg.what == "both" else "confidence"
+    return cfg.allocation.policy
+
+
+@dataclass
+class _Quality:
+    """The objective of `sampler`'s samples of `model` at the run's budget: (value, metrics, NFE per sequence)."""
+
+    model: torch.nn.Module
+    objective: SampleObjective
+    cfg: ScheduleRunConfig
+    seq_len: int
+
+    def __call__(self, sampler: Sampler, num: int, seed: int) -> tuple[float, dict[str, float], float]:
+        out = sampler.generate(self.model, num, self.seq_len, self.cfg.steps, seed=seed,
+                               batch_size=self.cfg.batch_size)
+        metrics = self.objective.metrics(out.tokens)
+        return self.objective.value(metrics), metrics, out.nfe_per_sequence
+
+
+def _learn_policy(
+    model: torch.nn.Module,
+    cfg: ScheduleRunConfig,
+    seq_len: int,
+    vocab_size: int,
+    schedule: Schedule,
+    chain: Any,
+    quality: _Quality,
+) -> tuple[Policy, dict[str, Any]]:
+    """A policy head by imitation of reference rollouts, its fallback order, then GRPO where asked."""
+    model_params = _check_head_size(model, cfg.policy.hidden)
+    rollout_steps = cfg.policy.rollout_steps or seq_len
+    train, heldout = _imitation_sets(model, cfg, seq_len, vocab_size, rollout_steps)
+    head = train_head(train, cfg.policy.hidden, cfg.policy.updates, cfg.policy.lr, seed=cfg.seed)
+    chosen, tried = _choose_fallback(head, vocab_size, cfg, schedule, quality)
+    policy = LearnedPolicy(
+        head, vocab_size, cfg.policy.threshold, None if chosen == "none" else make_policy(chosen)
+    )
+    grpo_report = None
+    if cfg.policy.grpo.iterations > 0:
+        policy, grpo_report = _grpo_stage(model, policy, schedule, chain, seq_len, cfg)
+    report = {
+        "heldout": head_accuracy(head, heldout),
+        "train": head_accuracy(head, train),
+        "parameters": head.num_parameters(),
+        "model_parameters": model_params,
+        "rollout_steps": rollout_steps,
+        "rollout_policy": cfg.policy.rollout_policy,
+        "fallback": chosen,
+        "fallback_objective": tried,
+        "grpo": grpo_report,
+    }
+    held = report["heldout"]
+    print(
+        f"policy head: {head.num_parameters()} parameters; held-out imitation accuracy "
+        f"{held['accuracy']:.3f} (majority class {held['majority_baseline']:.3f}, top-1 > 0.5 rule "
+        f"{held['confidence_rule']:.3f}); "
+        f"fallback order {chosen}"
+    )
+    return policy, report
+
+
+def _check_head_size(model: torch.nn.Module, hidden: int) -> int:
+    """Refuse a head above 0.1% of the model's parameters; returns the model's parameter count."""
+    head_params = PolicyHead(hidden).num_parameters()
+    model_params = sum(p.numel() for p in model.parameters())
+    if model_params and head_params > 0.001 * model_params:
+        raise ConfigError(
+            f"a policy head with hidden={hidden} has {head_params} parameters, more than "
+            f"0.1% of the model's {model_params}; lower policy.hidden (0 = logistic regression)"
+        )
+    return model_params
+
+
+def _imitation_sets(
+    model: torch.nn.Module, cfg: ScheduleRunConfig, seq_len: int, vocab_size: int, rollout_steps: int
+) -> tuple[Any, Any]:
+    """The head's training and held-out examples, from reference rollouts of the model (other seeds)."""
+    kwargs = dict(
+        rollout_steps=rollout_steps,
+        rollout_policy=cfg.policy.rollout_policy,
+        vocab_size=vocab_size,
+        batch_size=cfg.batch_size,
+        max_examples=cfg.policy.max_examples,
+        temperature=cfg.temperature,
+    )
+    print(
+        f"policy head: {cfg.policy.rollouts} + {cfg.policy.heldout_rollouts} (held-out) reference rollouts "
+        f"of {rollout_steps} steps ({cfg.policy.rollout_policy})",
+        flush=True,
+    )
+    train = imitation_data(model, cfg.policy.rollouts, seq_len, seed=cfg.seed, **kwargs)
+    heldout = imitation_data(model, cfg.policy.heldout_rollouts, seq_len, seed=cfg.seed + 7919, **kwargs)
+    return train, heldout
+
+
+def _choose_fallback(
+    head: PolicyHead, vocab_size: int, cfg: ScheduleRunConfig, schedule: Schedule, quality: _Quality
+) -> tuple[str, dict[str, float]]:
+    """The order that fills a step beyond the head's picks: `auto` tries each and keeps the best objective."""
+    fallbacks = (
+        ["none", "random", "dilated", "confidence", "margin"]
+        if cfg.policy.fallback == "auto"
+        else [cfg.policy.fallback]
+    )
+    tried = {}
+    if len(fallbacks) > 1:
+        for name in fallbacks:
+            candidate = LearnedPolicy(
+                head, vocab_size, cfg.policy.threshold, None if name == "none" else make_policy(name)
+            )
+            tried[name] = quality(
+                Sampler(schedule, candidate, temperature=cfg.temperature),
+                cfg.allocation.num_samples,
+                cfg.seed,
+            )[0]
+    chosen = min(tried, key=tried.get) if tried else fallbacks[0]
+    return chosen, tried
+
+
+def _learn_allocation(
+    cfg: ScheduleRunConfig, seq_len: int, policy: Policy, quality: _Quality, reference: float | None
+) -> tuple[AllocationSchedule, dict[str, Any]]:
+    """Search per-step token counts with `policy`; keep them only if they beat the start curve on held-out seeds."""
+
+    def measure(counts: list[int], num: int, seed: int) -> tuple[float, dict[str, float], float]:
+        return quality(
+            Sampler(AllocationSchedule.from_counts(counts), policy, temperature=cfg.temperature), num, seed
+        )
+
+    result = _search(cfg, seq_len, lambda counts: measure(counts, cfg.allocation.num_samples, cfg.seed)[0])
+    held_seed = cfg.seed + 104_729
+    start_value, start_metrics, start_nfe = measure(result.start_counts, cfg.allocation.heldout_samples, held_seed)
+    best_value, best_metrics, best_nfe = measure(result.counts, cfg.allocation.heldout_samples, held_seed)
+    improved = best_value < start_value
+    kept = result.counts if improved else result.start_counts
+    name = quality.objective.name
+    report = {
+        "objective": name,
+        "policy": policy.name,
+        "counts": kept,
+        "start": result.start,
+        "start_counts": result.start_counts,
+        "evaluations": result.evaluations,
+        "search": {"start": result.start_value, "best": result.best_value},
+        "heldout": {
+            "start": {"value": start_value, **start_metrics, "nfe": start_nfe},
+            "learned": {"value": best_value, **best_metrics, "nfe": best_nfe},
+        },
+        "improved_on_heldout": improved,
+        "reference_entropy": reference,
+    }
+    print(
+        f"allocation ({name}, policy {policy.name}): held-out objective "
+        f"{start_value:.4f} ({result.start}) -> {best_value:.4f} (searched); kept "
+        f"{'searched' if improved else result.start} "
+        f"counts {kept}"
+    )
+    return AllocationSchedule.from_counts(kept), report
+
+
+def _search(cfg: ScheduleRunConfig, seq_len: int, value: Callable[[list[int]], float]) -> AllocationResult:
+    """`search_allocation` over `value` (the search seeds' objective of some counts), with a progress bar."""
+    bar = tqdm(
+        total=len(START_CURVES) + cfg.allocation.iterations,
+        desc=f"allocation search ({cfg.steps} steps)",
+        disable=not cfg.progress,
+    )
+    best = float("inf")
+
+    def evaluate(counts: list[int]) -> float:
+        nonlocal best
+        result = value(counts)
+        best = min(best, result)
+        bar.update()
+        bar.set_postfix(best=f"{best:.4f}")
+        return result
+
+    try:
+        return search_allocation(
+            evaluate, cfg.steps, seq_len, cfg.allocation.iterations, cfg.allocation.patience, seed=cfg.seed
+        )
+    finally:
+        bar.close()
 
 
 def _grpo_stage(
@@ -320,8 +366,3 @@ def _grpo_stage(
         "kept": after > before,
     }
     return (tuned if after > before else policy), report
-
-
-def _head_size(hidden: int) -> int:
-
-    return PolicyHead(hidden).num_parameters()

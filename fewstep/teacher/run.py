@@ -106,54 +106,18 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
         ema=ema,
     )
     checkpoints = out_dir / "checkpoints"
-    best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/nelbo", mode="min", save_top_k=1,
-                           save_last=False, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False,
-                           every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.trainer.max_steps))
     preemption = PreemptionCheckpoint(checkpoints / "last.ckpt", requeue=cfg.trainer.requeue)
     train_loader, position = loader.train_loader(data.train, cfg.trainer.batch_size, seed=cfg.trainer.seed,
                                                  num_workers=cfg.trainer.num_workers, prompt_len=data.train_prompt_len)
     val_loader, val_process = loader.eval_loader(data.val, cfg.trainer.batch_size, num_workers=cfg.trainer.num_workers,
                                                  prompt_len=data.val_prompt_len)
-    all_callbacks: list[Callback] = [best, last, preemption, position, val_process, *(callbacks or [])]
-    if ema is not None:
-        all_callbacks.insert(0, ema)  # first: each step updates the average before any callback saves a checkpoint
+    all_callbacks = _callbacks(cfg, checkpoints, ema, [preemption, position, val_process, *(callbacks or [])])
     prepare_backbone(denoiser, cfg.trainer)
-    trainer = L.Trainer(
-        max_steps=cfg.trainer.max_steps,
-        max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes > 0 else None,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        val_check_interval=min(cfg.trainer.val_every, cfg.trainer.max_steps),
-        check_val_every_n_epoch=None,
-        limit_val_batches=cfg.trainer.val_batches,
-        log_every_n_steps=cfg.trainer.log_every,
-        enable_progress_bar=cfg.trainer.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        logger=make_loggers(cfg.logger, out_dir, "teacher", cfg),
-        callbacks=all_callbacks,
-        default_root_dir=str(out_dir),
-        **cluster_trainer_args(cfg.trainer, denoiser),
-    )
-    start = time.perf_counter()
-    with expected_warnings():
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    elapsed = time.perf_counter() - start
-    if preemption.stopped_by:
-        finish_loggers(trainer)
-        raise Preempted(f"{preemption.stopped_by} at step {trainer.global_step}: checkpoint saved in {checkpoints}; "
-                        f"continue with the same command and --resume")
-    if trainer.global_step % cfg.trainer.val_every:  # stopped between validations (max_steps or max_minutes)
-        trainer.validate(module, val_loader, verbose=False)
+    trainer = _trainer(cfg, out_dir, denoiser, all_callbacks)
+    elapsed = _fit(cfg, trainer, module, train_loader, val_loader, ckpt_path, preemption)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    raw = metrics.get("val/nelbo_raw")
-    averaged = metrics.get("val/nelbo") if ema is not None else None
-    weights = better_weights(averaged, raw) if ema is not None else "raw"
-    if weights == "ema":
-        denoiser.load_state_dict(ema.averaged_state())
-    chosen = averaged if weights == "ema" else raw
-    scores = {name: value for name, value in (("ema", averaged), ("raw", raw)) if value is not None}
+    weights, scores = _final_weights(trainer, denoiser, ema)
+    chosen = scores.get(weights)
     model_dir = out_dir / "model"
     if trainer.is_global_zero:
         save_model_dir(denoiser.cpu(), data.tokenizer, model_dir,
@@ -171,7 +135,66 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
         num_parameters=denoiser.num_parameters(),
         is_global_zero=trainer.is_global_zero,
         weights=weights,
-        val_nelbo_ema=averaged,
-        val_nelbo_raw=raw,
+        val_nelbo_ema=scores.get("ema"),
+        val_nelbo_raw=scores.get("raw"),
     )
 
+
+def _callbacks(cfg: TeacherRunConfig, checkpoints: Path, ema: SubmoduleEMA | None, others: list[Callback]
+               ) -> list[Callback]:
+    """EMA first (each step updates the average before any callback saves a checkpoint), then best, last, others."""
+    best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/nelbo", mode="min", save_top_k=1,
+                           save_last=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=checkpoints, save_top_k=0, save_last=True, enable_version_counter=False,
+                           every_n_train_steps=min(cfg.trainer.checkpoint_every, cfg.trainer.max_steps))
+    return [*([ema] if ema is not None else []), best, last, *others]
+
+
+def _trainer(cfg: TeacherRunConfig, out_dir: Path, denoiser: torch.nn.Module, callbacks: list[Callback]
+             ) -> L.Trainer:
+    """The Lightning trainer of a teacher run: validation every `val_every` steps, loggers, cluster settings."""
+    return L.Trainer(
+        max_steps=cfg.trainer.max_steps,
+        max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes > 0 else None,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=min(cfg.trainer.val_every, cfg.trainer.max_steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.trainer.val_batches,
+        log_every_n_steps=cfg.trainer.log_every,
+        enable_progress_bar=cfg.trainer.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=make_loggers(cfg.logger, out_dir, "teacher", cfg),
+        callbacks=callbacks,
+        default_root_dir=str(out_dir),
+        **cluster_trainer_args(cfg.trainer, denoiser),
+    )
+
+
+def _fit(cfg: TeacherRunConfig, trainer: L.Trainer, module: TeacherModule, train_loader: Any, val_loader: Any,
+         ckpt_path: Path | None, preemption: PreemptionCheckpoint) -> float:
+    """Train (from `ckpt_path` when resuming) and validate the last step; the seconds it took. Preempted: raise."""
+    start = time.perf_counter()
+    with expected_warnings():
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    elapsed = time.perf_counter() - start
+    if preemption.stopped_by:
+        finish_loggers(trainer)
+        raise Preempted(f"{preemption.stopped_by} at step {trainer.global_step}: checkpoint saved in "
+                        f"{preemption.checkpoint_path.parent}; continue with the same command and --resume")
+    if trainer.global_step % cfg.trainer.val_every:  # stopped between validations (max_steps or max_minutes)
+        trainer.validate(module, val_loader, verbose=False)
+    return elapsed
+
+
+def _final_weights(trainer: L.Trainer, denoiser: torch.nn.Module, ema: SubmoduleEMA | None
+                   ) -> tuple[str, dict[str, float]]:
+    """Which weights model/ gets ("ema" or "raw", by the final validation NELBO; loaded into `denoiser`) and
+    each one's NELBO where measured."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    raw = metrics.get("val/nelbo_raw")
+    averaged = metrics.get("val/nelbo") if ema is not None else None
+    weights = better_weights(averaged, raw) if ema is not None else "raw"
+    if weights == "ema":
+        denoiser.load_state_dict(ema.averaged_state())
+    return weights, {name: value for name, value in (("ema", averaged), ("raw", raw)) if value is not None}
