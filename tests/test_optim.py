@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from fewstep.training.config import OptimConfig
-from fewstep.training.optim import make_optimizer
+from fewstep.training.optim import make_optimizer, regroup_saved_optimizer
 
 
 class Tiny(torch.nn.Module):
@@ -64,3 +65,29 @@ def test_the_learning_rate_warms_up_then_decays_to_its_floor(decay):
         assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
     group_lrs = {g["lr"] for g in out["optimizer"].param_groups}
     assert len(group_lrs) == 1  # both groups follow one schedule
+
+
+def test_a_one_group_optimiser_state_resumes_in_the_two_groups():
+    """Distillation and evaluator checkpoints saved before `decay_groups` hold one AdamW group; each
+    parameter's moments must land on the same parameter in the two-group optimiser."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    old = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(torch.randn(5, 3)).pow(2).sum().backward()
+    old.step()
+    moments = {id(p): old.state[p]["exp_avg"].clone() for p in model.parameters()}
+    checkpoint = {"optimizer_states": [copy.deepcopy(old.state_dict())]}
+
+    regroup_saved_optimizer(checkpoint, model)
+    new = make_optimizer(model, OptimConfig(lr=1e-2), total_steps=10)["optimizer"]
+    new.load_state_dict(checkpoint["optimizer_states"][0])  # raises if the layout does not fit
+    assert [len(g["params"]) for g in new.param_groups] == [2, 4]
+    for group in new.param_groups:
+        for p in group["params"]:
+            assert torch.equal(new.state[p]["exp_avg"], moments[id(p)])
+    assert new.param_groups[1]["weight_decay"] == 0.0
+
+    again = copy.deepcopy(checkpoint)
+    regroup_saved_optimizer(again, model)  # two groups already: left as it is
+    before, after = checkpoint["optimizer_states"][0], again["optimizer_states"][0]
+    assert after["param_groups"] == before["param_groups"] and after["state"].keys() == before["state"].keys()

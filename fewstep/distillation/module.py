@@ -24,7 +24,7 @@ from fewstep.errors import NonFiniteLossError
 from fewstep.model.denoiser import Denoiser
 from fewstep.model.lora import merge_lora_
 from fewstep.training.config import OptimConfig
-from fewstep.training.optim import make_optimizer
+from fewstep.training.optim import make_optimizer, regroup_saved_optimizer
 from fewstep.training.runtime import clip_gradients
 
 __all__ = ["DistillModule"]
@@ -147,3 +147,6 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return make_optimizer(self.student, self.optim, self.rounds.count * self.rounds.steps_per_round)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        regroup_saved_optimizer(checkpoint, self.student)  # a run saved with one AdamW group resumes

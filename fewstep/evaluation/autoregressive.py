@@ -31,7 +31,7 @@ from fewstep.errors import ModelError, NonFiniteLossError
 from fewstep.evaluation.config import EvaluatorModelConfig, EvaluatorRunConfig
 from fewstep.kernels.stats import draw_tokens
 from fewstep.training.config import OptimConfig
-from fewstep.training.optim import make_optimizer
+from fewstep.training.optim import make_optimizer, regroup_saved_optimizer
 from fewstep.training.runtime import (
     AtomicCheckpointIO,
     allocation_errors,
@@ -94,6 +94,9 @@ class ARModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return make_optimizer(self.model, self.optim, self.max_steps)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        regroup_saved_optimizer(checkpoint, self.model)  # a run saved with one AdamW group resumes
 
 
 def train_evaluator(cfg: EvaluatorRunConfig, resume: bool = False) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 
 from fewstep.training.config import OptimConfig
 
-__all__ = ["warmup_cosine", "decay_groups", "make_optimizer"]
+__all__ = ["warmup_cosine", "decay_groups", "make_optimizer", "regroup_saved_optimizer"]
 
 
 def warmup_cosine(warmup: int, total: int, decay: str, min_ratio: float) -> Callable[[int], float]:
@@ -51,3 +51,27 @@ def make_optimizer(module: torch.nn.Module, optim: OptimConfig, total_steps: int
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(optim.warmup_steps, total_steps, optim.decay, optim.min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def regroup_saved_optimizer(checkpoint: dict[str, Any], module: torch.nn.Module) -> None:
+    """Let a checkpoint saved with one AdamW group (distillation and evaluator runs before `decay_groups`)
+    resume: its per-parameter state is renumbered into the two groups, in place. A checkpoint that has the
+    two groups already, or no optimiser state, is left as it is. Call it from `on_load_checkpoint`, which
+    Lightning runs before it restores the optimiser."""
+    states = checkpoint.get("optimizer_states") or []
+    if len(states) != 1 or len(states[0].get("param_groups", [])) != 1:
+        return
+    saved = states[0]
+    trainable = [p for p in module.parameters() if p.requires_grad]  # the one group's order
+    groups = decay_groups(module, 0.0)
+    if len(saved["param_groups"][0]["params"]) != len(trainable):
+        return  # not this module's state: Lightning's own check names the mismatch
+    new_index = {id(p): i for i, p in enumerate(groups[0]["params"] + groups[1]["params"])}
+    renumber = [new_index[id(p)] for p in trainable]
+    old_group = saved["param_groups"][0]
+    saved["state"] = {renumber[int(i)]: value for i, value in saved["state"].items()}
+    first = len(groups[0]["params"])
+    saved["param_groups"] = [
+        {**old_group, "params": list(range(first))},
+        {**old_group, "weight_decay": 0.0, "params": list(range(first, len(renumber)))},
+    ]
