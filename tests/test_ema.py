@@ -10,6 +10,7 @@ import torch
 from conftest import Crash, StopAt, tiny_overrides
 
 from fewstep.core.config import load_config
+from fewstep.deploy.export import export_model
 from fewstep.errors import ConfigError
 from fewstep.model.model_dir import load_model_dir
 from fewstep.teacher.config import TeacherRunConfig
@@ -115,6 +116,13 @@ def _exported(out):
     return meta, ckpt, load_model_dir(out).denoiser.state_dict()[KEY]
 
 
+def _exported_from_checkpoint(out, where):
+    """`fewstep export out/checkpoints/last.ckpt`: the weights and metadata it writes."""
+    export_model(out / "checkpoints" / "last.ckpt", where)
+    exported = load_model_dir(where)
+    return exported.meta, exported.denoiser.state_dict()[KEY]
+
+
 def test_the_export_takes_raw_weights_when_the_average_lags(tmp_path):
     # no warm-up and a decay near 1: after 30 steps the average is still almost the initial weights
     result = train_teacher(_cfg(tmp_path / "t", "trainer.max_steps=30", "trainer.val_every=30", "optim.lr=3e-3",
@@ -124,6 +132,9 @@ def test_the_export_takes_raw_weights_when_the_average_lags(tmp_path):
     assert meta["val_nelbo"]["raw"] < meta["val_nelbo"]["ema"] == pytest.approx(result.val_nelbo_ema)
     assert result.val_nelbo == result.val_nelbo_raw
     assert torch.equal(exported, ckpt[RAW_STATE_KEY][f"denoiser.{KEY}"])
+    # exporting the checkpoint takes the same choice, not the average the checkpoint's state_dict holds
+    from_ckpt, weights = _exported_from_checkpoint(tmp_path / "t", tmp_path / "export")
+    assert from_ckpt["weights"] == "raw" and torch.equal(weights, exported)
 
 
 class SpoilRawAtTheEnd(L.Callback):
@@ -147,6 +158,8 @@ def test_the_export_takes_the_average_when_it_validates_better(tmp_path):
     assert meta["val_nelbo"]["ema"] < meta["val_nelbo"]["raw"]
     assert torch.equal(exported, ckpt["state_dict"][f"denoiser.{KEY}"])
     assert not torch.equal(exported, ckpt[RAW_STATE_KEY][f"denoiser.{KEY}"])
+    from_ckpt, weights = _exported_from_checkpoint(tmp_path / "t", tmp_path / "export")
+    assert from_ckpt["weights"] == "ema" and torch.equal(weights, exported)
 
 
 def test_without_an_ema_the_export_is_the_raw_weights(tmp_path):

@@ -24,6 +24,7 @@ from fewstep.errors import CheckpointError, DataError, ModelError, OwnershipErro
 from fewstep.model.denoiser import Denoiser
 from fewstep.model.model_dir import load_model_dir, resolve_model_dir, save_model_dir
 from fewstep.samplers.presets import sample_with_spec
+from fewstep.training.ema import RAW_STATE_KEY
 
 __all__ = ["GENERATION_FILE", "export_model", "Pipeline", "load", "read_prompts"]
 
@@ -46,17 +47,26 @@ def _template_of(run: Path) -> Path:
 def _from_checkpoint(checkpoint: Path, trust_remote_code: bool = False) -> tuple[Denoiser, Any, dict[str, Any], Path]:
     """Rebuild the run's architecture from its model directory and load the checkpoint's weights.
 
+    With EMA the checkpoint holds both the average and the raw weights; the export takes the ones the
+    run itself exported (its model directory's `weights`: the better by validation NELBO at the run's
+    end) and records which in `fewstep.json`.
+
     The checkpoint is read with `weights_only=True` (`load_checkpoint`): a file whose pickle would
     build anything but tensors and containers is refused before any of it runs.
     """
     template = _template_of(_run_dir_of(checkpoint))
     try:
-        state = load_checkpoint(checkpoint)["state_dict"]
+        saved = load_checkpoint(checkpoint)
+        state = saved["state_dict"]
     except CheckpointError as error:
         raise ModelError(str(error)) from error
     except KeyError as error:
         raise ModelError(f"{checkpoint} is not a Lightning checkpoint (it has no state_dict)") from error
     loaded = load_model_dir(template, trust_remote_code=trust_remote_code)
+    raw = saved.get(RAW_STATE_KEY)
+    if raw and loaded.meta.get("weights") == "raw":  # the run exported its raw weights, not the average
+        state = {**state, **raw}
+    loaded.meta["weights"] = "raw" if raw is None or loaded.meta.get("weights") == "raw" else "ema"
     for prefix in ("student.", "denoiser."):
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:
