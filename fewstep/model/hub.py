@@ -6,10 +6,10 @@ A fewstep model directory is handed to `model_dir.load_model_dir`. Remote modeli
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from fewstep.core.io import read_json_object
 from fewstep.errors import ModelError
 from fewstep.model.config import TeacherSourceConfig
 from fewstep.model.denoiser import Denoiser, check_vocab
@@ -29,13 +29,7 @@ def _read_config(path: str) -> dict[str, Any]:
                          f"{hint}") from error
     if file is None:  # some transformers versions return None for a missing file
         raise ModelError(f"teacher.path={path!r} has no config.json; {hint}")
-    try:
-        config = json.loads(Path(file).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"{file} (teacher.path={path!r}) is not valid JSON ({error})") from error
-    if not isinstance(config, dict):
-        raise ModelError(f"{file} (teacher.path={path!r}) holds a JSON {type(config).__name__}, not an object")
-    return config
+    return read_json_object(Path(file), ModelError, f"teacher.path={path!r} needs a config.json object; {hint}")
 
 
 def _load_tokenizer(where: str, trust_remote_code: bool, source: TeacherSourceConfig) -> Any:
