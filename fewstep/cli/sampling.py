@@ -1,4 +1,7 @@
-"""CLI glue: `fewstep schedule` and the `--sampler/--policy/--schedule` options of `fewstep sample`."""
+"""The `--sampler/--policy/--schedule` options of `fewstep sample`, and sampling as they say.
+
+The command table adds these options only when `sample` is parsed or its help shown: their choices come from
+the samplers, which import torch, and `fewstep --help` must not."""
 
 from __future__ import annotations
 
@@ -6,59 +9,24 @@ import argparse
 import math
 from typing import Any
 
+from fewstep.errors import RunError
+
 __all__ = [
-    "add_schedule_parser",
-    "run_schedule",
     "add_sampler_options",
     "sample_with_options",
     "sample_records_with_options",
 ]
 
 
-def add_schedule_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `fewstep schedule CONFIG [key=value ...]`."""
-    parser = subparsers.add_parser(
-        "schedule",
-        help="learn a step allocation and/or unmasking policy for a model and step budget",
-        description="Learn how to unmask for model=DIR at a budget of steps=N: what=allocation (how many "
-        "tokens per step, by direct search on validation quality), what=policy (a tiny head that decides which "
-        "tokens to finalise, imitating an oracle), or what=both. Writes scheduler_config.json (and "
-        "policy_head.safetensors) into the model directory; sample with it by "
-        "`fewstep sample DIR --sampler learned --steps N`.",
-    )
-    parser.add_argument(
-        "config", metavar="CONFIG", help="a YAML config or a shipped one (e.g. schedule/markov)"
-    )
-    parser.add_argument(
-        "overrides",
-        metavar="KEY=VALUE",
-        nargs="*",
-        help="config overrides, e.g. model=runs/teacher-markov steps=16 what=allocation",
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parser
-
-
-def run_schedule(args: argparse.Namespace) -> int:
-    """Run `fewstep schedule`."""
-    from fewstep.core.config import load_config
-    from fewstep.schedule.config import ScheduleRunConfig
-    from fewstep.schedule.run import run_schedule_config
-
-    cfg = load_config(ScheduleRunConfig, args.config, args.overrides)
-    if args.print_config:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        return 0
-    run_schedule_config(cfg)
-    return 0
-
-
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     """Add `--sampler`, `--policy`, `--schedule` and their parameters to `fewstep sample`."""
+    # lazy: the choices live with the samplers, which import torch; `fewstep --help` must not
     from fewstep.samplers.policies import POLICY_NAMES
+
+    # lazy: (as above)
     from fewstep.samplers.presets import PRESETS
+
+    # lazy: (as above)
     from fewstep.samplers.schedules import SCHEDULE_NAMES
 
     parser.add_argument(
@@ -118,7 +86,7 @@ def sample_with_options(
     loaded: Any, args: argparse.Namespace, seq_len: int | None = None, device: str | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """Sample from a loaded model directory as the options say; returns (SampleOutput, the sampler)."""
-    from fewstep.errors import RunError
+    # lazy: the samplers import torch, which `fewstep --help` must not
     from fewstep.samplers.presets import build_sampler
 
     if args.steps < 1:
@@ -165,31 +133,22 @@ def sample_with_options(
 
 
 def sample_records_with_options(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """`fewstep sample`: one dict per sequence (text, tokens, exact scores on markov, NFE, the sampler)."""
+    """`fewstep sample`: one dict per sequence (text, tokens, NFE, the sampler, exact scores on markov)."""
+    # lazy: torch, the model directory and the scorers are the whole stack, which `fewstep --help` must not import
     import torch
 
-    from fewstep.evaluation.quality import task_for
+    # lazy: (as above)
+    from fewstep.evaluation.quality import sequence_records
+
+    # lazy: (as above)
     from fewstep.model.model_dir import load_model_dir
+
+    # lazy: (as above)
     from fewstep.training.runtime import check_device
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)
     loaded = load_model_dir(args.model_dir, device=device, trust_remote_code=args.trust_remote_code)
     output, described = sample_with_options(loaded, args, device=device)
-    chain = task_for(loaded.meta.get("data"))
-    seq_len = output.tokens.shape[1]
-    records = []
-    for row in output.tokens:
-        record: dict[str, Any] = {
-            "text": loaded.tokenizer.decode(row.tolist()),
-            "tokens": row.tolist(),
-            "steps": args.steps,
-            "seed": args.seed,
-            "nfe": output.nfe_per_sequence,
-            "sampler": described,
-        }
-        if chain is not None:
-            record["exact_nll"] = float(chain.nll(row.unsqueeze(0))[0]) / seq_len
-            record["invalid_transitions"] = int(round(chain.invalid_rate(row.unsqueeze(0)) * (seq_len - 1)))
-        records.append(record)
-    return records
+    return sequence_records(output.tokens, loaded.tokenizer, loaded.meta.get("data"), steps=args.steps,
+                            seed=args.seed, nfe=output.nfe_per_sequence, sampler=described)

@@ -14,10 +14,12 @@ from fewstep.core.diffusion import forward_process, make_schedule, nelbo_per_pos
 from fewstep.data.config import data_config
 from fewstep.data.markov import MarkovChain
 from fewstep.errors import RunError
+from fewstep.evaluation.metrics import ENTROPY, EXACT_NLL, INVALID_RATE, TEACHER_NELBO
 from fewstep.model.model_dir import load_model_dir
 from fewstep.samplers.presets import sample_with_spec
 
-__all__ = ["unigram_entropy", "markov_quality", "task_for", "sample_records", "model_nelbo", "sample_quality"]
+__all__ = ["unigram_entropy", "markov_quality", "task_for", "sample_records", "sequence_records",
+           "model_nelbo", "sample_quality"]
 
 
 def unigram_entropy(tokens: torch.Tensor) -> float:
@@ -44,9 +46,9 @@ def response_entropy(responses: list[list[int]], pad: int) -> float:
 def markov_quality(chain: Any, tokens: torch.Tensor) -> dict[str, float]:
     """Exact NLL per token, invalid-transition rate and unigram entropy of `tokens` under `chain`."""
     return {
-        "exact_nll": float(chain.nll(tokens).mean()) / tokens.shape[1],
-        "invalid_rate": chain.invalid_rate(tokens),
-        "entropy": unigram_entropy(tokens),
+        EXACT_NLL: float(chain.nll(tokens).mean()) / tokens.shape[1],
+        INVALID_RATE: chain.invalid_rate(tokens),
+        ENTROPY: unigram_entropy(tokens),
     }
 
 
@@ -78,13 +80,20 @@ def sample_records(model_dir: str, steps: int, num_samples: int, seq_len: int | 
     output = sample_with_spec("ancestral", loaded.denoiser, num_samples, seq_len, steps, seed=seed,
                               noise_schedule=meta.get("noise_schedule", "loglinear"), temperature=temperature,
                               batch_size=batch_size, device=device)
-    chain = task_for(meta.get("data"))
+    return sequence_records(output.tokens, loaded.tokenizer, meta.get("data"), steps=steps, seed=seed)
+
+
+def sequence_records(tokens: torch.Tensor, tokenizer: Any, data: dict[str, Any] | None,
+                     **fields: Any) -> list[dict[str, Any]]:
+    """One record per sampled sequence: its text and tokens, then `fields` (steps, seed, ...), then, where
+    the data has an exact scorer (markov), the sequence's exact NLL per token and its invalid transitions."""
+    chain = task_for(data)
+    seq_len = tokens.shape[1]
     records = []
-    for row in output.tokens:
-        record: dict[str, Any] = {"text": loaded.tokenizer.decode(row.tolist()), "tokens": row.tolist(),
-                                  "steps": steps, "seed": seed}
+    for row in tokens:
+        record: dict[str, Any] = {"text": tokenizer.decode(row.tolist()), "tokens": row.tolist(), **fields}
         if chain is not None:
-            record["exact_nll"] = float(chain.nll(row.unsqueeze(0))[0]) / seq_len
+            record[EXACT_NLL] = float(chain.nll(row.unsqueeze(0))[0]) / seq_len
             record["invalid_transitions"] = int(round(chain.invalid_rate(row.unsqueeze(0)) * (seq_len - 1)))
         records.append(record)
     return records
@@ -115,7 +124,7 @@ def sample_quality(tokens: torch.Tensor, data: Any, reference: torch.nn.Module |
     (A prompted task's exact score is its accuracy: `fewstep.evaluation.accuracy`.)"""
     if data.task is not None and hasattr(data.task, "nll"):
         return markov_quality(data.task, tokens)
-    out = {"entropy": unigram_entropy(tokens)}
+    out = {ENTROPY: unigram_entropy(tokens)}
     if reference is not None:
-        out["teacher_nelbo"] = model_nelbo(reference, tokens, schedule)
+        out[TEACHER_NELBO] = model_nelbo(reference, tokens, schedule)
     return out
