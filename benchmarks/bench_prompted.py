@@ -84,7 +84,7 @@ def main() -> int:
         cells = [r for rows in per_seed.values() for r in rows
                  if (r["model"], r["sampler"], r["steps"]) == (model, sampler, steps)]
 
-        def stat(get):
+        def stat(get, cells=cells):
             values = [get(r) for r in cells]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             return statistics.fmean(values), sd
