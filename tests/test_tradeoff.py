@@ -18,6 +18,7 @@ from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 from fewstep.tradeoff.pareto import pareto_front, python_lines_ok
 from fewstep.tradeoff.tune import Target, tune
 from fewstep.training.config import LoggerConfig, WandbConfig
+from fewstep.training.ema import RAW_STATE_KEY
 
 
 def row(model, steps, nll, entropy, speed):
@@ -122,6 +123,10 @@ def test_bench_sweeps_samplers_by_preset_or_policy_and_schedule(tiny_teacher, tm
                                      num_samples=2, repeats=1, logger=cfg.logger), progress=False)
 
 
+def memory_weights(run) -> str:
+    return json.loads((run / "model" / "fewstep.json").read_text()).get("weights", "raw")
+
+
 def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_path):
     out = export_model(tiny_teacher / "checkpoints" / "last.ckpt", tmp_path / "export", {"steps": 6})
     pipeline = fewstep.load(out)
@@ -129,9 +134,13 @@ def test_export_load_and_generate_give_the_in_memory_tokens(tiny_teacher, tmp_pa
     assert result["steps"] == 6
     from fewstep.model.model_dir import load_model_dir
 
-    memory = load_model_dir(tiny_teacher).denoiser  # with the checkpoint's state_dict: its averaged weights
-    state = torch.load(tiny_teacher / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    memory.load_state_dict({k.removeprefix("denoiser."): v for k, v in state.items()})
+    # the checkpoint's weights as the run chose them (raw or its EMA, by validation NELBO): the run's own
+    # model directory, written from the same last step
+    ckpt = torch.load(tiny_teacher / "checkpoints" / "last.ckpt", weights_only=False)
+    memory = load_model_dir(tiny_teacher).denoiser
+    chosen = {**ckpt["state_dict"], **(ckpt.get(RAW_STATE_KEY) or {})} if memory_weights(tiny_teacher) == "raw" \
+        else ckpt["state_dict"]
+    memory.load_state_dict({k.removeprefix("denoiser."): v for k, v in chosen.items()})
     expected = sample_with_spec("ancestral", memory, 3, 16, 6, seed=7).tokens
     assert torch.equal(result["tokens"], expected)
     cli = run_cli("generate", str(out), "--num-samples", "3", "--seed", "7")
