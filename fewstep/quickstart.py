@@ -136,11 +136,12 @@ def _prepare_out(out: Path, cfg: QuickstartConfig, fresh: bool) -> None:
 
 
 def quickstart(out: Path, fresh: bool = False, overrides: list[str] | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Run (or reuse) every stage under `out`; print the results table; return the summary."""
+               progress: bool = True, layers: list[str] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every stage under `out`; print the results table; return the summary. `layers`:
+    more YAML configs merged over the shipped `quickstart` one (`--with`), then `overrides`."""
     start = time.perf_counter()
     out = Path(out)
-    cfg = load_config(QuickstartConfig, "quickstart", overrides)
+    cfg = load_config(QuickstartConfig, ["quickstart", *(layers or [])], overrides)
     _prepare_out(out, cfg, fresh)  # refusals come first, before any stage is even run
     teacher_dir, distill_dir, bench_dir = out / "teacher", out / "distill", out / "bench"
     _teacher_stage(cfg, teacher_dir)

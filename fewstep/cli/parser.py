@@ -75,15 +75,15 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def _add_config_options(parser: argparse.ArgumentParser, command: Command) -> None:
-    """CONFIG, KEY=VALUE, --resume, --with and --print-config, as far as the command takes them."""
+    """CONFIG, KEY=VALUE, --resume, --with and --print-config, as far as the command takes them (every run
+    command takes --with; quickstart merges it over its own shipped config)."""
     if command.config_file:
         parser.add_argument("config", metavar="CONFIG", help=f"{CONFIG_HELP} (e.g. {command.example})")
     parser.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=command.overrides_help)
     if command.resume:
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in out_dir from checkpoints/last.ckpt (the config must fit it)")
-    if command.config_file:
-        parser.add_argument("--with", dest="layers", metavar="CONFIG", action="append", default=[], help=WITH_HELP)
+    parser.add_argument("--with", dest="layers", metavar="CONFIG", action="append", default=[], help=WITH_HELP)
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config, each key's doc as a # comment, and exit")
 

@@ -119,10 +119,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if args.num_samples:
         overrides.append(f"bench_samples={args.num_samples}")
     if args.print_config:
-        run_config(args, "quickstart", overrides)
+        run_config(args, ["quickstart", *args.layers], overrides)
         return 0
     # lazy: the quickstart runs every stage (torch, lightning), which `fewstep --help` must not import
     from fewstep.quickstart import quickstart
 
-    quickstart(Path(args.out), fresh=args.fresh, overrides=overrides)
+    quickstart(Path(args.out), fresh=args.fresh, overrides=overrides, layers=args.layers)
     return 0

@@ -1,8 +1,8 @@
 """The command table: every `fewstep` command, its help, its description, the function that runs it, its run
 config (a "module:Class" reference, read only when the command runs or shows its help) and its own options.
 
-A command with a config takes KEY=VALUE overrides and --print-config; with `config_file` also CONFIG and
---with; with `resume` (it trains) also --resume. `fewstep.cli.parser` builds the argparse parser from this.
+A command with a config takes KEY=VALUE overrides, --with and --print-config; with `config_file` also CONFIG
+(quickstart reads its own); with `resume` (it trains) also --resume. `fewstep.cli.parser` builds the parser.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Command:
     description: str
     run: Callable[[argparse.Namespace], int]
     config: str | None = None  # "module:Class" of the run config; None: the command takes no config
-    config_file: bool = True  # takes CONFIG and --with (quickstart reads its own shipped config)
+    config_file: bool = True  # takes CONFIG (quickstart reads its own shipped config, then any --with)
     example: str = ""  # a shipped config, named in CONFIG's help
     resume: bool = False  # trains, and can continue from checkpoints/last.ckpt
     options: Callable[[argparse.ArgumentParser], None] | None = None  # the command's own options
