@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +21,8 @@ from fewstep.teacher.config import TeacherRunConfig
 from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 
 RUN_CONFIGS = (TeacherRunConfig, DistillRunConfig, EvaluatorRunConfig, ScheduleRunConfig, BenchRunConfig)
+
+HERE = Path(__file__).resolve().parent  # a working directory with no fewstep/ source folder in it
 
 
 @dataclass
@@ -86,14 +89,17 @@ def test_commented_yaml_keeps_awkward_values():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
+    # from the tests folder: `-c` puts the working directory first on sys.path, and in the checkout's root
+    # that would import the source folder fewstep/ (which has no configs/) in place of the installed package
     return subprocess.run([sys.executable, "-c", "import sys; from fewstep.cli import main; sys.exit(main())", *args],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100"})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100"},
+                          cwd=HERE)
 
 
 def test_building_the_parser_and_its_help_import_no_torch():
     script = ("import sys; from fewstep.cli import build_parser; parser = build_parser(); parser.format_help(); "
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=HERE)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
 
