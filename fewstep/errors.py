@@ -13,7 +13,6 @@ __all__ = [
     "OwnershipError",
     "Preempted",
     "RunError",
-    "USER_ERRORS",
 ]
 
 
@@ -50,7 +49,3 @@ class Preempted(RuntimeError):
 
     exit_code = 3
 
-
-# What the CLI reports as one `error:` line (Preempted first: it has its own exit code).
-USER_ERRORS = (Preempted, ConfigError, DataError, ModelError, CheckpointError, OwnershipError, RunError,
-               NonFiniteLossError)
