@@ -45,6 +45,15 @@ def test_a_hand_computed_curve():
     assert aup_weight(95, 90) == 1.0 and aup_weight(0, 0) == 0.0
 
 
+def test_points_at_one_tokens_per_forward_count_once_at_their_best():
+    """A threshold sweep lands several settings on one rho (here 1.28: 28% and 100%); the curve is their best,
+    the same AUP as the sweep without the worse duplicate (before: the 28% point set the floor and dropped
+    every accurate one)."""
+    assert aup([1.79, 1.28, 1.28, 1.28], [2.5, 28.3, 100.0, 100.0], y_max=100) == pytest.approx(
+        aup([1.79, 1.28], [2.5, 100.0], y_max=100))
+    assert aup([1.28, 1.28], [28.3, 100.0], y_max=100) == pytest.approx(128.0)
+
+
 def test_refusals():
     with pytest.raises(ValueError, match="one accuracy per"):
         aup([1, 2], [90], 90)

@@ -13,7 +13,7 @@ from fewstep.samplers.policies import dilation_order
 from fewstep.samplers.schedules import curve_counts
 from fewstep.schedule.allocation import search_allocation
 from fewstep.schedule.config import GRPOConfig
-from fewstep.schedule.grpo import grpo_finetune
+from fewstep.schedule.grpo import ChainReward, grpo_finetune
 from fewstep.schedule.imitation import head_accuracy, imitation_data, train_head
 
 L = 32
@@ -145,7 +145,7 @@ def test_grpo_raises_the_reward_of_a_poor_head(chain):
         head,
         policy,
         make_step_schedule("loglinear"),
-        chain,
+        ChainReward(chain, L),
         L,
         8,
         GRPOConfig(iterations=20, prompts=16, group=4, lr=0.01),

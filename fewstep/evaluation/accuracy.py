@@ -23,7 +23,8 @@ from fewstep.errors import DataError
 from fewstep.samplers.presets import sampler_from_spec
 from fewstep.samplers.sampler import Sampler
 
-__all__ = ["AccuracyResult", "evaluate_accuracy", "reference_answers", "response_ids", "task_accuracy"]
+__all__ = ["AccuracyResult", "evaluate_accuracy", "reference_answers", "response_ids", "responses_correct",
+           "task_accuracy"]
 
 Checker = Callable[[str, str], bool]
 
@@ -57,11 +58,34 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def reference_answers(data: Any, count: int) -> list[str]:
-    """The validation rows' own responses (decoded up to their first EOS): the answers of a prompt set
-    without a checker (prompted jsonl)."""
+def _judge(tokenizer: Any, prompt: torch.Tensor, response: list[int], check: Checker | None,
+           answer: str | None) -> bool:
+    """Whether `response` (token ids before the first EOS) answers `prompt` (token ids) correctly."""
+    text = tokenizer.decode(response, skip_special_tokens=True)
+    if check is not None:
+        return bool(check(tokenizer.decode(prompt.tolist(), skip_special_tokens=True), text))
+    return _normalise(text) == _normalise(answer)
+
+
+def responses_correct(tokens: torch.Tensor, prompts: torch.Tensor, prompt_len: torch.Tensor, tokenizer: Any,
+                      check: Checker | None = None, answers: Sequence[str] | None = None) -> torch.Tensor:
+    """1.0 where generated row `tokens[i]` answers prompt `i` (the first `prompt_len[i]` tokens of
+    `prompts[i]`) correctly, else 0.0: the per-answer verdict `evaluate_accuracy` counts, as a reward."""
+    eos_id = tokenizer.eos_token_id
+    verdicts = [
+        _judge(tokenizer, prompts[i, : int(prompt_len[i])], response_ids(tokens[i], int(prompt_len[i]), eos_id),
+               check, None if answers is None else answers[i])
+        for i in range(len(tokens))
+    ]
+    return torch.tensor(verdicts, dtype=torch.float32)
+
+
+def reference_answers(data: Any, count: int, split: str = "val") -> list[str]:
+    """The first `count` rows' own responses (decoded up to their first EOS) of a split (`val` or `train`):
+    the answers of a prompt set without a checker (prompted jsonl)."""
+    rows, lengths = (data.val, data.val_prompt_len) if split == "val" else (data.train, data.train_prompt_len)
     eos = data.tokenizer.eos_token_id
-    return [data.tokenizer.decode(response_ids(data.val[i], int(data.val_prompt_len[i]), eos), skip_special_tokens=True)
+    return [data.tokenizer.decode(response_ids(rows[i], int(lengths[i]), eos), skip_special_tokens=True)
             for i in range(count)]
 
 
@@ -104,10 +128,8 @@ def evaluate_accuracy(model: nn.Module, sampler: Sampler, prompts: torch.Tensor,
             ids = response_ids(generated, length, eos_id)
             responses[index] = ids
             answer_tokens += len(ids)
-            prompt_text = tokenizer.decode(prompts[index, :length].tolist(), skip_special_tokens=True)
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            ok = check(prompt_text, text) if check is not None else _normalise(text) == _normalise(answers[index])
-            correct += bool(ok)
+            correct += _judge(tokenizer, prompts[index, :length], ids, check,
+                              None if answers is None else answers[index])
     total = len(prompts)
     return AccuracyResult(
         accuracy=correct / total,

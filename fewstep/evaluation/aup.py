@@ -1,6 +1,8 @@
 """AUP, accuracy under parallelism (d3LLM, Qian et al. 2026): one number for an accuracy / tokens-per-forward curve.
 
-The points (tokens per forward rho_i, accuracy y_i in percent) are sorted by rho; those more than
+The points (tokens per forward rho_i, accuracy y_i in percent) are sorted by rho, and of points at the
+same rho only the most accurate is kept (a threshold sweep reaches one rho with several settings; the
+curve is its frontier, not a vertical segment whose lowest point would set the floor); those more than
 `y_min_offset` points below the accuracy at the lowest rho are dropped (d3LLM's `get_aup` asserts
 that there are none; a sweep that goes past the cliff is normal here, so they are left out and the
 curve ends where accuracy has fallen too far). Then
@@ -36,7 +38,10 @@ def aup(tokens_per_forward: Sequence[float], accuracy: Sequence[float], y_max: f
         raise ValueError("tokens per forward must be positive")
     if any(not 0.0 <= y <= 100.0 for y in accuracy):
         raise ValueError("accuracies are percentages in [0, 100]")
-    points = sorted(zip(tokens_per_forward, accuracy))
+    best: dict[float, float] = {}
+    for rho, y in zip(tokens_per_forward, accuracy):
+        best[rho] = max(y, best.get(rho, y))
+    points = sorted(best.items())
     floor = points[0][1] - y_min_offset
     points = [(rho, y) for rho, y in points if y >= floor]
     total = points[0][0] * points[0][1]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fewstep.core.io import atomic_save
+from fewstep.errors import RunError
 from fewstep.kernels import StepStats
 from fewstep.samplers.policies import AcceptingPolicy, Policy, StepContext
 
@@ -81,6 +82,12 @@ class LearnedPolicy(AcceptingPolicy):
             if 0 < threshold < 1
             else (math.inf if threshold >= 1 else -math.inf)
         )
+
+    def with_threshold(self, threshold: float) -> LearnedPolicy:
+        """The same head and fallback at another threshold."""
+        if not 0.0 < threshold < 1.0:
+            raise RunError(f"a learned policy's threshold must be in (0, 1), got {threshold}")
+        return LearnedPolicy(self.head, self.vocab_size, threshold, self.fallback)
 
     def own_scores(self, stats: StepStats, ctx: StepContext) -> torch.Tensor:
         head = self.head.to(stats.confidence.device)

@@ -18,6 +18,7 @@ import torch
 
 from fewstep.errors import RunError
 from fewstep.samplers.policies import POLICY_NAMES, Policy, make_policy
+from fewstep.samplers.policy_head import LearnedPolicy
 from fewstep.samplers.sampler import SampleOutput, Sampler
 from fewstep.samplers.scheduler_config import load_learned
 from fewstep.samplers.schedules import SCHEDULE_NAMES, Schedule, make_step_schedule
@@ -54,7 +55,7 @@ def build_sampler(
     steps: int = 16,
     meta: dict[str, Any] | None = None,
     model_dir: str | Path | None = None,
-    threshold: float = 0.9,
+    threshold: float | None = None,
     gamma: float = 0.1,
     fallback: str | None = None,
     block_size: int | None = None,
@@ -64,7 +65,8 @@ def build_sampler(
     tiebreak: str | None = None,
 ) -> Sampler:
     """A preset, with `policy` / `schedule` / `stats_at` / `tiebreak` overriding its parts; `learned`
-    parts need `model_dir`."""
+    parts need `model_dir`. `threshold` (default 0.9) is the threshold and EB rules'; given for a learned
+    head, it replaces the one the head was learned with (a speed/accuracy knob, as Fast-dLLM's is)."""
     if sampler not in PRESETS:
         raise RunError(f"unknown sampler {sampler!r}; choose one of {', '.join(PRESETS)}")
     policy_name, schedule_name, preset_stats, preset_ties = PRESETS[sampler]
@@ -94,8 +96,10 @@ def build_sampler(
             )
         chosen_policy = learned_policy
     else:
-        chosen_policy = make_policy(policy_name, threshold=threshold, gamma=gamma, fallback=fallback,
-                                    confidence=confidence)
+        chosen_policy = make_policy(policy_name, threshold=0.9 if threshold is None else threshold, gamma=gamma,
+                                    fallback=fallback, confidence=confidence)
+    if threshold is not None and isinstance(chosen_policy, LearnedPolicy):
+        chosen_policy = chosen_policy.with_threshold(threshold)
     if schedule_name == "learned":
         chosen_schedule = learned_schedule
     else:
@@ -141,7 +145,7 @@ def sampler_from_spec(
     custom = parts["policy"] is not None  # a policy/schedule spec takes the plain conventions
     return build_sampler(parts["sampler"], policy=parts["policy"], schedule=schedule, steps=steps, meta=meta,
                          model_dir=model_dir, fallback=parts["fallback"], temperature=temperature,
-                         block_size=options.get("block"), threshold=options.get("threshold", 0.9),
+                         block_size=options.get("block"), threshold=options.get("threshold"),
                          gamma=options.get("gamma", 0.1), confidence=options.get("confidence", "sampled"),
                          stats_at=options.get("stats", "sample" if custom else None),
                          tiebreak=options.get("ties", "random" if custom else None))

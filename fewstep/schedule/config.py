@@ -54,6 +54,9 @@ class PolicyLearnConfig:
     heldout_rollouts: int = 32  # reference rollouts (other seeds) for the recorded accuracy
     rollout_steps: int = 0  # steps of a reference rollout; 0 = seq_len (one token per step)
     rollout_policy: str = "confidence"  # confidence | margin | entropy
+    schedule: str = "loglinear"  # the step schedule a what=policy run saves with the head: loglinear (the head
+    # fills the noise curve's per-step counts), or cap (the head alone decides how many, at least one per step, the
+    # budget a cap: Fast-dLLM's threshold decoding with the head in place of the threshold rule)
     fallback: str = "auto"  # order that fills the schedule's count beyond the head's picks: auto (the best of
     # random, dilated, confidence, margin and the head's own order on validation quality), none, or a heuristic
     updates: int = 1000  # Adam steps on mini-batches of 4096 examples
@@ -61,7 +64,7 @@ class PolicyLearnConfig:
     max_examples: int = 200_000
     grpo: GRPOConfig = field(
         default_factory=GRPOConfig
-    )  # policy-gradient stage after imitation (markov only)
+    )  # policy-gradient stage after imitation (markov: exact NLL reward; prompted models: accuracy)
 
     def __post_init__(self) -> None:
         if self.hidden < 0:
@@ -77,6 +80,8 @@ class PolicyLearnConfig:
                 f"policy.fallback={self.fallback!r} is not one of auto, none, random, dilated, confidence, "
                 "margin, entropy"
             )
+        if self.schedule not in ("loglinear", "cap"):
+            raise ConfigError(f"policy.schedule={self.schedule!r} is not one of loglinear, cap")
         if self.rollout_policy not in ("confidence", "margin", "entropy"):
             raise ConfigError(
                 f"policy.rollout_policy={self.rollout_policy!r} is not one of confidence, margin, entropy"

@@ -2,16 +2,18 @@
 
 During training the head's finalise decisions are Bernoulli draws, p = sigmoid(logit - logit(threshold)),
 so the deployed rule (finalise when p > 1/2) is the mode of the trained policy. Each group shares
-its sequences' model noise and differs only in those draws; a rollout's advantage is its reward
-minus the group mean, over the group's spread. Reward: exp(-(NLL/token - data NLL/token)) x
-(budget / the sequence's NFE), on `markov` (exact NLL). A KL term keeps the decisions near the
-Fast-dLLM rule (finalise when top-1 probability > threshold, smoothed).
+its sequences' model noise (and prompts) and differs only in those draws; a rollout's advantage is its
+reward minus the group mean, over the group's spread. Reward: quality x (budget / the sequence's NFE),
+where quality is exp(-(NLL/token - data NLL/token)) on `markov` (exact NLL, `ChainReward`) and
+1 for a right answer, 0 for a wrong one on a prompted task (`AccuracyReward`). A KL term keeps the
+decisions near the Fast-dLLM rule (finalise when top-1 probability > threshold, smoothed).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,11 +24,40 @@ from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead, token_featur
 from fewstep.samplers.sampler import Sampler, StepRecord
 from fewstep.samplers.schedules import Schedule
 from fewstep.schedule.config import GRPOConfig
+from fewstep.schedule.objective import PromptSet
 
 __all__ = [
+    "AccuracyReward",
+    "ChainReward",
     "grpo_finetune",
     "deployed_reward",
 ]
+
+Judge = Callable[[torch.Tensor], torch.Tensor]  # generated rows [N, L] -> quality [N] in [0, 1]
+
+
+class ChainReward:
+    """Unconditional samples of a `markov` model, judged by exp(-(exact NLL/token - the chain's NLL/token))."""
+
+    def __init__(self, chain: Any, seq_len: int) -> None:
+        self.chain = chain
+        self.seq_len = seq_len
+        self.target = chain.expected_nll(seq_len) / seq_len
+
+    def batch(self, num: int, offset: int) -> tuple[None, Judge]:
+        """No prompt; the judge of `num` samples."""
+        return None, lambda tokens: torch.exp(-(self.chain.nll(tokens).float() / self.seq_len - self.target))
+
+
+class AccuracyReward:
+    """Answers to a prompt set's prompts, taken in turn from `offset`: 1 if right, else 0."""
+
+    def __init__(self, prompts: PromptSet) -> None:
+        self.prompts = prompts
+
+    def batch(self, num: int, offset: int) -> tuple[list[torch.Tensor], Judge]:
+        chosen = self.prompts.cycle(offset, num)
+        return chosen.prompt_list(), chosen.correct
 
 
 class _Sampling(LearnedPolicy):
@@ -55,6 +86,8 @@ def _rollouts(
     seed: int,
     draw_seed: int,
     batch_size: int,
+    prompt: Any = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
     """Tokens, per-sequence NFE and, per step, (rows, features, confidence, draws) at eligible positions."""
     sampling = _Sampling(policy, torch.Generator().manual_seed(draw_seed))
@@ -75,8 +108,8 @@ def _rollouts(
             )
         )
 
-    out = Sampler(schedule, sampling).generate(
-        model, num, seq_len, steps, seed=seed, batch_size=batch_size, on_step=hook
+    out = Sampler(schedule, sampling, temperature=temperature).generate(
+        model, num, seq_len, steps, prompt=prompt, seed=seed, batch_size=batch_size, on_step=hook
     )
     return out.tokens, steps_used, records
 
@@ -86,20 +119,21 @@ def grpo_finetune(
     head: PolicyHead,
     policy: LearnedPolicy,
     schedule: Schedule,
-    chain: Any,
+    reward: ChainReward | AccuracyReward,
     seq_len: int,
     steps: int,
     cfg: GRPOConfig,
     seed: int = 0,
     batch_size: int = 64,
+    temperature: float = 1.0,
 ) -> tuple[PolicyHead, list[dict[str, float]]]:
     """Fine-tune a copy of `head`; returns it and the per-iteration mean reward and KL."""
     head = copy.deepcopy(head).train()
     optimiser = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    target_nll = chain.expected_nll(seq_len) / seq_len
     history = []
     for it in range(cfg.iterations):
         current = LearnedPolicy(head.eval(), policy.vocab_size, policy.threshold, policy.fallback)
+        prompt, judge = reward.batch(cfg.prompts, it * cfg.prompts)
         groups = []
         for g in range(cfg.group):
             with torch.no_grad():
@@ -114,13 +148,12 @@ def grpo_finetune(
                         seed=seed * 10_007 + it,
                         draw_seed=(seed + 1) * 7_919 + it * cfg.group + g,
                         batch_size=batch_size,
+                        prompt=prompt,
+                        temperature=temperature,
                     )
                 )
         rewards = torch.stack(
-            [
-                torch.exp(-(chain.nll(tokens).float() / seq_len - target_nll)) * steps / used.clamp_min(1)
-                for tokens, used, _ in groups
-            ]
+            [judge(tokens) * steps / used.clamp_min(1) for tokens, used, _ in groups]
         )  # [group, prompts]
         advantage = (rewards - rewards.mean(0)) / (rewards.std(0) + 1e-6)
         head.train()
@@ -155,21 +188,23 @@ def deployed_reward(
     model: nn.Module,
     schedule: Schedule,
     policy: LearnedPolicy,
-    chain: Any,
+    reward: ChainReward | AccuracyReward,
     seq_len: int,
     steps: int,
     num: int,
     seed: int,
     batch_size: int = 64,
+    temperature: float = 1.0,
 ) -> float:
-    """Mean reward of the deterministic (deployed) policy on seeds `seed`: quality x speed as in training."""
+    """Mean reward of the deterministic (deployed) policy on seeds `seed` (and `reward`'s first `num`
+    prompts): quality x speed as in training."""
     used = torch.zeros(num)
 
     def hook(step: StepRecord) -> None:
         used[step.rows.cpu()] += step.ctx.eligible.any(1).float().cpu()
 
-    out = Sampler(schedule, policy).generate(
-        model, num, seq_len, steps, seed=seed, batch_size=batch_size, on_step=hook
+    prompt, judge = reward.batch(num, 0)
+    out = Sampler(schedule, policy, temperature=temperature).generate(
+        model, num, seq_len, steps, prompt=prompt, seed=seed, batch_size=batch_size, on_step=hook
     )
-    quality = torch.exp(-(chain.nll(out.tokens).float() / seq_len - chain.expected_nll(seq_len) / seq_len))
-    return float((quality * steps / used.clamp_min(1)).mean())
+    return float((judge(out.tokens) * steps / used.clamp_min(1)).mean())

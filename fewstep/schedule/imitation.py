@@ -9,6 +9,7 @@ on held-out rollouts (other seeds) against the majority-class baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import nn
 from fewstep.samplers.policies import TopKPolicy
 from fewstep.samplers.policy_head import PolicyHead, token_features
 from fewstep.samplers.sampler import Sampler, StepRecord
-from fewstep.samplers.schedules import NoiseCurveSchedule
+from fewstep.samplers.schedules import NoiseCurveSchedule, make_step_schedule
 
 __all__ = ["ImitationData", "imitation_data", "train_head", "head_accuracy"]
 
@@ -45,14 +46,18 @@ def imitation_data(
     max_examples: int = 200_000,
     temperature: float = 1.0,
     tiebreak: str = "random",
+    prompt: Any = None,
 ) -> ImitationData:
     """Roll the reference sampler out and label every masked position at every step.
 
     The rollouts rank by the predictive distribution (`confidence` is the top-1 probability here, not the
     drawn token's), so that one token per step is exact sampling and the labels are unbiased. `tiebreak`:
-    exact ties in that ranking go to a random order, or to the lowest position ("first")."""
+    exact ties in that ranking go to a random order, or to the lowest position ("first"). `prompt`: one
+    prompt per rollout (lists of token ids of any lengths); the rollouts answer them, one token per step
+    (LLaDA's even split, as long as `rollout_steps` covers the longest response)."""
     vocab_size = vocab_size or int(model.vocab_size)
-    sampler = Sampler(NoiseCurveSchedule("loglinear"), TopKPolicy(rollout_policy, confidence="top1"),
+    schedule = NoiseCurveSchedule("loglinear") if prompt is None else make_step_schedule("even")
+    sampler = Sampler(schedule, TopKPolicy(rollout_policy, confidence="top1"),
                       temperature=temperature, tiebreak=tiebreak)
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -69,7 +74,8 @@ def imitation_data(
         )
 
     out = sampler.generate(
-        model, num_rollouts, seq_len, rollout_steps, seed=seed, batch_size=batch_size, on_step=record
+        model, num_rollouts, seq_len, rollout_steps, prompt=prompt, seed=seed, batch_size=batch_size,
+        on_step=record
     )
     features = torch.cat([r[0] for r in rows])
     labels = torch.cat([(r[3] == out.tokens[r[1], r[2]]).float() for r in rows])

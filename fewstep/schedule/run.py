@@ -1,7 +1,10 @@
 """`fewstep schedule`: learn a step allocation and/or a policy head for a model and a step budget.
 
 Writes `scheduler_config.json` (and `policy_head.safetensors`) into the model directory; they load
-with the model (`fewstep sample --sampler learned`).
+with the model (`fewstep sample --sampler learned`). A prompted model (its data has prompts) learns on
+its training prompts, in disjoint windows (`PromptWindows`): the imitation rollouts answer some, and the
+objective (search, held-out check) and GRPO's reward are task accuracy on others, not likelihood; the
+validation prompts stay unseen for `fewstep bench`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tqdm.auto import tqdm
 
 from fewstep.data.config import data_config
 from fewstep.data.sources import build_data
+from fewstep.data.tokens import TokenData
 from fewstep.errors import ConfigError, OwnershipError, RunError
 from fewstep.evaluation.quality import unigram_entropy
 from fewstep.model.model_dir import load_model_dir
@@ -25,12 +29,12 @@ from fewstep.samplers.policies import Policy, make_policy
 from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead
 from fewstep.samplers.sampler import Sampler
 from fewstep.samplers.scheduler_config import save_scheduler_config
-from fewstep.samplers.schedules import AllocationSchedule, NoiseCurveSchedule, Schedule
+from fewstep.samplers.schedules import AllocationSchedule, Schedule, make_step_schedule
 from fewstep.schedule.allocation import START_CURVES, AllocationResult, search_allocation
 from fewstep.schedule.config import ScheduleRunConfig
-from fewstep.schedule.grpo import deployed_reward, grpo_finetune
+from fewstep.schedule.grpo import AccuracyReward, ChainReward, deployed_reward, grpo_finetune
 from fewstep.schedule.imitation import head_accuracy, imitation_data, train_head
-from fewstep.schedule.objective import SampleObjective
+from fewstep.schedule.objective import PromptSet, SampleObjective
 from fewstep.training.runtime import check_device
 
 __all__ = [
@@ -38,22 +42,22 @@ __all__ = [
 ]
 
 
-def _heldout(meta: dict[str, Any], model_dir: Path) -> tuple[Any, torch.Tensor | None]:
-    """The exact scorer (markov) and held-out validation tokens of the model's data, where they can be had."""
+def _model_data(meta: dict[str, Any], model_dir: Path) -> TokenData | None:
+    """The model's own data (validation split, and the training prompts of a prompted model), where it
+    can be had."""
 
     data = dict(meta.get("data") or {})
     if not data:
-        return None, None
+        return None
     if data.get("source") == "markov":
         data["num_train"] = 1  # only the validation split is needed; its seed does not depend on num_train
-    else:
+    elif data.get("source") != "anagram":
         data["tokenizer"] = str(model_dir / "tokenizer.json")
     try:
-        built = build_data(data_config(data))
+        return build_data(data_config(data))
     except Exception as error:  # a corpus that is not here: fall back to no held-out data
         print(f"note: held-out data unavailable ({str(error).splitlines()[0][:200]}); no entropy reference")
-        return None, None
-    return built.task, built.val
+        return None
 
 
 def run_schedule_config(cfg: ScheduleRunConfig) -> dict[str, Any]:
@@ -66,15 +70,18 @@ def run_schedule_config(cfg: ScheduleRunConfig) -> dict[str, Any]:
     meta, model_dir = loaded.meta, Path(loaded.path)
     _check_writable(model_dir)
     seq_len = cfg.seq_len or int(meta.get("seq_len", 64))
-    chain, val = _heldout(meta, model_dir)
+    data = _model_data(meta, model_dir)
+    prompts = PromptSet.of(data) if data is not None else None
+    chain = data.task if data is not None and (meta.get("data") or {}).get("source") == "markov" else None
     schedule, policy, report = learn_schedule(
         loaded.denoiser,
         cfg,
         seq_len,
         int(meta["vocab_size"]),
         chain,
-        val,
+        None if data is None or prompts is not None else data.val,
         meta.get("noise_schedule", "loglinear"),
+        prompts=prompts,
     )
     report["seconds"] = round(time.perf_counter() - began, 1)
     path = save_scheduler_config(model_dir, meta, cfg.steps, schedule, policy, report)
@@ -100,18 +107,23 @@ def learn_schedule(
     chain: Any = None,
     val: torch.Tensor | None = None,
     noise_schedule: str = "loglinear",
+    prompts: PromptSet | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Learn the allocation and/or policy head for `model` (any denoiser, the markov oracle included)."""
+    """Learn the allocation and/or policy head for `model` (any denoiser, the markov oracle included);
+    with `prompts` (a prompted model's training prompts), on them and for task accuracy."""
 
     if cfg.steps > seq_len:
         raise RunError(
             f"steps={cfg.steps} is more than seq_len={seq_len} tokens; a budget above one token per "
             "step needs no schedule"
         )
+    if cfg.what == "both" and cfg.policy.schedule == "cap":
+        raise ConfigError("policy.schedule=cap leaves the count to the head; it goes with what=policy, not both "
+                          "(an allocation is a schedule of its own)")
     report: dict[str, Any] = {"what": cfg.what, "seq_len": seq_len, "seed": cfg.seed}
     search_with = _search_policy(cfg)
     policy: Policy = make_policy(search_with if search_with != "learned" else "confidence")
-    schedule: Schedule = NoiseCurveSchedule("loglinear")
+    schedule: Schedule = make_step_schedule(cfg.policy.schedule)
     reference = unigram_entropy(val) if val is not None else None
     objective = SampleObjective(
         chain=chain,
@@ -120,10 +132,14 @@ def learn_schedule(
         entropy_weight=cfg.allocation.entropy_weight,
         noise_schedule=noise_schedule,
     )
-    quality = _Quality(model, objective, cfg, seq_len)
+    windows = None if prompts is None else PromptWindows(prompts, cfg)
+    quality = _Quality(model, objective, cfg, seq_len, windows)
+    if prompts is not None:
+        report["objective"] = "accuracy"
 
     if cfg.what in ("policy", "both"):
-        policy, report["policy"] = _learn_policy(model, cfg, seq_len, vocab_size, schedule, chain, quality)
+        policy, report["policy"] = _learn_policy(model, cfg, seq_len, vocab_size, schedule, chain, quality,
+                                                 windows)
         policy_for_search = make_policy(search_with) if search_with != "learned" else policy
     else:
         if search_with == "learned":
@@ -133,7 +149,9 @@ def learn_schedule(
         policy_for_search = policy
 
     if cfg.what in ("allocation", "both"):
-        schedule, report["allocation"] = _learn_allocation(cfg, seq_len, policy_for_search, quality, reference)
+        # the tokens to allocate: the longest response of a prompted model, else the whole sequence
+        tokens = seq_len if prompts is None else seq_len - int(prompts.prompt_len.min())
+        schedule, report["allocation"] = _learn_allocation(cfg, tokens, policy_for_search, quality, reference)
         if cfg.what == "allocation":
             policy = policy_for_search
     return schedule, policy, report
@@ -146,20 +164,60 @@ def _search_policy(cfg: ScheduleRunConfig) -> str:
     return cfg.allocation.policy
 
 
+class PromptWindows:
+    """Disjoint windows of a prompted model's training prompts, one per use, in this order: the imitation
+    rollouts (policy.rollouts), their held-out set (policy.heldout_rollouts), the objective's search samples
+    (allocation.num_samples) and its held-out check (allocation.heldout_samples, also GRPO's); GRPO's
+    training rollouts cycle through the prompts after those (`rest`)."""
+
+    def __init__(self, prompts: PromptSet, cfg: ScheduleRunConfig) -> None:
+        self.all = prompts
+        sizes = {"imitation": cfg.policy.rollouts, "imitation_heldout": cfg.policy.heldout_rollouts,
+                 "search": cfg.allocation.num_samples, "heldout": cfg.allocation.heldout_samples}
+        self.windows, start = {}, 0
+        for name, size in sizes.items():
+            self.windows[name] = (start, size)
+            start += size
+        self.windows["rest"] = (start, len(prompts) - start)
+        if len(prompts) <= start:
+            raise ConfigError(f"the schedule's windows of training prompts take {start} of the {len(prompts)} "
+                              "there are; lower policy.rollouts / allocation.num_samples or raise data.num_train")
+
+    def __getitem__(self, name: str) -> PromptSet:
+        start, size = self.windows[name]
+        return self.all.window(start, size, f"the schedule's {name} prompts")
+
+
 @dataclass
 class _Quality:
-    """The objective of `sampler`'s samples of `model` at the run's budget: (value, metrics, NFE per sequence)."""
+    """The objective of `sampler`'s samples of `model` at the run's budget: (value, metrics, NFE per sequence).
+
+    `split` "search" is the search's own samples (allocation.num_samples, the run's seed), "heldout" the
+    final check's (allocation.heldout_samples, other seeds); on a prompted model, answers to those windows
+    of its training prompts."""
 
     model: torch.nn.Module
     objective: SampleObjective
     cfg: ScheduleRunConfig
     seq_len: int
+    prompts: PromptWindows | None = None
 
-    def __call__(self, sampler: Sampler, num: int, seed: int) -> tuple[float, dict[str, float], float]:
+    def __call__(self, sampler: Sampler, split: str = "search") -> tuple[float, dict[str, float], float]:
+        num, seed = (self.cfg.allocation.num_samples, self.cfg.seed) if split == "search" else (
+            self.cfg.allocation.heldout_samples, self.cfg.seed + 104_729)
+        if self.prompts is not None:
+            result = self.prompts[split].accuracy(self.model, sampler, self.cfg.steps, self.seq_len, seed,
+                                                  self.cfg.batch_size)
+            metrics = {"accuracy": result.accuracy, "tokens_per_forward": result.tokens_per_forward}
+            return 1.0 - result.accuracy, metrics, result.nfe
         out = sampler.generate(self.model, num, self.seq_len, self.cfg.steps, seed=seed,
                                batch_size=self.cfg.batch_size)
         metrics = self.objective.metrics(out.tokens)
         return self.objective.value(metrics), metrics, out.nfe_per_sequence
+
+    @property
+    def name(self) -> str:
+        return "accuracy" if self.prompts is not None else self.objective.name
 
 
 def _learn_policy(
@@ -170,11 +228,12 @@ def _learn_policy(
     schedule: Schedule,
     chain: Any,
     quality: _Quality,
+    prompts: PromptWindows | None = None,
 ) -> tuple[Policy, dict[str, Any]]:
     """A policy head by imitation of reference rollouts, its fallback order, then GRPO where asked."""
     model_params = _check_head_size(model, cfg.policy.hidden)
     rollout_steps = cfg.policy.rollout_steps or seq_len
-    train, heldout = _imitation_sets(model, cfg, seq_len, vocab_size, rollout_steps)
+    train, heldout = _imitation_sets(model, cfg, seq_len, vocab_size, rollout_steps, prompts)
     head = train_head(train, cfg.policy.hidden, cfg.policy.updates, cfg.policy.lr, seed=cfg.seed)
     chosen, tried = _choose_fallback(head, vocab_size, cfg, schedule, quality)
     policy = LearnedPolicy(
@@ -182,7 +241,7 @@ def _learn_policy(
     )
     grpo_report = None
     if cfg.policy.grpo.iterations > 0:
-        policy, grpo_report = _grpo_stage(model, policy, schedule, chain, seq_len, cfg)
+        policy, grpo_report = _grpo_stage(model, policy, schedule, chain, seq_len, cfg, prompts)
     report = {
         "heldout": head_accuracy(head, heldout),
         "train": head_accuracy(head, train),
@@ -217,9 +276,11 @@ def _check_head_size(model: torch.nn.Module, hidden: int) -> int:
 
 
 def _imitation_sets(
-    model: torch.nn.Module, cfg: ScheduleRunConfig, seq_len: int, vocab_size: int, rollout_steps: int
+    model: torch.nn.Module, cfg: ScheduleRunConfig, seq_len: int, vocab_size: int, rollout_steps: int,
+    prompts: PromptWindows | None = None,
 ) -> tuple[Any, Any]:
-    """The head's training and held-out examples, from reference rollouts of the model (other seeds)."""
+    """The head's training and held-out examples, from reference rollouts of the model (other seeds; on a
+    prompted model, answers to their windows of the training prompts)."""
     kwargs = dict(
         rollout_steps=rollout_steps,
         rollout_policy=cfg.policy.rollout_policy,
@@ -233,6 +294,12 @@ def _imitation_sets(
         f"of {rollout_steps} steps ({cfg.policy.rollout_policy})",
         flush=True,
     )
+    if prompts is not None:
+        rollouts, held = cfg.policy.rollouts, cfg.policy.heldout_rollouts
+        return (imitation_data(model, rollouts, seq_len, seed=cfg.seed, prompt=prompts["imitation"].prompt_list(),
+                               **kwargs),
+                imitation_data(model, held, seq_len, seed=cfg.seed + 7919,
+                               prompt=prompts["imitation_heldout"].prompt_list(), **kwargs))
     train = imitation_data(model, cfg.policy.rollouts, seq_len, seed=cfg.seed, **kwargs)
     heldout = imitation_data(model, cfg.policy.heldout_rollouts, seq_len, seed=cfg.seed + 7919, **kwargs)
     return train, heldout
@@ -253,11 +320,7 @@ def _choose_fallback(
             candidate = LearnedPolicy(
                 head, vocab_size, cfg.policy.threshold, None if name == "none" else make_policy(name)
             )
-            tried[name] = quality(
-                Sampler(schedule, candidate, temperature=cfg.temperature),
-                cfg.allocation.num_samples,
-                cfg.seed,
-            )[0]
+            tried[name] = quality(Sampler(schedule, candidate, temperature=cfg.temperature))[0]
     chosen = min(tried, key=tried.get) if tried else fallbacks[0]
     return chosen, tried
 
@@ -267,18 +330,15 @@ def _learn_allocation(
 ) -> tuple[AllocationSchedule, dict[str, Any]]:
     """Search per-step token counts with `policy`; keep them only if they beat the start curve on held-out seeds."""
 
-    def measure(counts: list[int], num: int, seed: int) -> tuple[float, dict[str, float], float]:
-        return quality(
-            Sampler(AllocationSchedule.from_counts(counts), policy, temperature=cfg.temperature), num, seed
-        )
+    def measure(counts: list[int], split: str) -> tuple[float, dict[str, float], float]:
+        return quality(Sampler(AllocationSchedule.from_counts(counts), policy, temperature=cfg.temperature), split)
 
-    result = _search(cfg, seq_len, lambda counts: measure(counts, cfg.allocation.num_samples, cfg.seed)[0])
-    held_seed = cfg.seed + 104_729
-    start_value, start_metrics, start_nfe = measure(result.start_counts, cfg.allocation.heldout_samples, held_seed)
-    best_value, best_metrics, best_nfe = measure(result.counts, cfg.allocation.heldout_samples, held_seed)
+    result = _search(cfg, seq_len, lambda counts: measure(counts, "search")[0])
+    start_value, start_metrics, start_nfe = measure(result.start_counts, "heldout")
+    best_value, best_metrics, best_nfe = measure(result.counts, "heldout")
     improved = best_value < start_value
     kept = result.counts if improved else result.start_counts
-    name = quality.objective.name
+    name = quality.name
     report = {
         "objective": name,
         "policy": policy.name,
@@ -329,13 +389,22 @@ def _search(cfg: ScheduleRunConfig, seq_len: int, value: Callable[[list[int]], f
 
 
 def _grpo_stage(
-    model: torch.nn.Module, policy: Any, schedule: Any, chain: Any, seq_len: int, cfg: ScheduleRunConfig
+    model: torch.nn.Module, policy: Any, schedule: Any, chain: Any, seq_len: int, cfg: ScheduleRunConfig,
+    prompts: PromptWindows | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """GRPO after imitation; the fine-tuned head is kept only if its held-out reward is higher."""
+    """GRPO after imitation; the fine-tuned head is kept only if its held-out reward is higher.
 
-    if chain is None:
+    The reward's quality: the exact NLL on markov, accuracy on a prompted model (its training prompts in
+    turn, and the held-out window for the check)."""
+
+    held = cfg.allocation.heldout_samples
+    if prompts is not None:
+        reward, held_reward = AccuracyReward(prompts["rest"]), AccuracyReward(prompts["heldout"])
+    elif chain is not None:
+        reward = held_reward = ChainReward(chain, seq_len)
+    else:
         raise ConfigError(
-            "policy.grpo needs an exact scorer for its reward; it runs on markov models only (set "
+            "policy.grpo needs an exact reward: a markov model's chain or a prompted model's answers (set "
             "policy.grpo.iterations=0)"
         )
     head, history = grpo_finetune(
@@ -343,15 +412,16 @@ def _grpo_stage(
         policy.head,
         policy,
         schedule,
-        chain,
+        reward,
         seq_len,
         cfg.steps,
         cfg.policy.grpo,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        temperature=cfg.temperature,
     )
     tuned = LearnedPolicy(head, policy.vocab_size, policy.threshold, policy.fallback)
-    args = (chain, seq_len, cfg.steps, cfg.allocation.heldout_samples, cfg.seed + 15_485_863, cfg.batch_size)
+    args = (held_reward, seq_len, cfg.steps, held, cfg.seed + 15_485_863, cfg.batch_size, cfg.temperature)
     before, after = (
         deployed_reward(model, schedule, policy, *args),
         deployed_reward(model, schedule, tuned, *args),
