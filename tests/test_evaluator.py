@@ -54,3 +54,22 @@ def test_ar_sample_draws_each_token_from_its_full_context():
          for i in range(LENGTH - 1)], dim=1)
     assert torch.equal(tokens, expected)
     assert not (tokens == START).any()
+
+
+def test_the_evaluator_stops_at_its_time_budget_and_validates_the_step_it_reached(tmp_path):
+    """`trainer.max_minutes` bounds the AR model's training as it bounds the teacher's (the same-budget
+    comparison of issue 18); stopped between validations, the last step is validated, so val_nll is real."""
+    import math
+
+    from fewstep.core.config import load_config
+    from fewstep.evaluation.autoregressive import train_evaluator
+    from fewstep.evaluation.config import EvaluatorRunConfig
+
+    overrides = ["data.source=markov", "data.seq_len=16", "data.num_train=256", "data.num_val=64",
+                 "data.markov.num_states=8", "data.markov.branching=3", "model.hidden_size=32", "model.num_layers=2",
+                 "model.num_heads=2", "model.intermediate_size=64", "trainer.batch_size=16", "trainer.val_batches=2",
+                 "trainer.progress=false", "logger.wandb.mode=disabled", f"out_dir={tmp_path / 'ar'}",
+                 "trainer.max_steps=100000", "trainer.val_every=100000", "trainer.max_minutes=0.01"]
+    summary = train_evaluator(load_config(EvaluatorRunConfig, None, overrides))
+    assert 0 < summary["steps"] < 100000
+    assert math.isfinite(summary["val_nll"])

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,9 @@ def _train_evaluator(cfg: EvaluatorRunConfig, out_dir: Path, ckpt: Path | None) 
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
     module = ARModule(model, data.mask_id, cfg.optim, cfg.trainer.max_steps)
     trainer = L.Trainer(
-        max_steps=cfg.trainer.max_steps, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        max_steps=cfg.trainer.max_steps,
+        max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes > 0 else None,
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.optim.grad_clip or None, val_check_interval=min(cfg.trainer.val_every,
                                                                               cfg.trainer.max_steps),
@@ -131,6 +134,8 @@ def _train_evaluator(cfg: EvaluatorRunConfig, out_dir: Path, ckpt: Path | None) 
     with expected_warnings():
         trainer.fit(module, make_loader(data.train, cfg.trainer.batch_size, True, cfg.trainer.seed),
                     make_loader(data.val, cfg.trainer.batch_size, False), ckpt_path=str(ckpt) if ckpt else None)
+        if trainer.global_step % cfg.trainer.val_every:  # stopped between validations (max_steps or max_minutes)
+            trainer.validate(module, make_loader(data.val, cfg.trainer.batch_size, False), verbose=False)
     finish_loggers(trainer)
     val = float(trainer.callback_metrics.get("val/nll", float("nan")))
 
