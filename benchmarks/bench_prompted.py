@@ -10,6 +10,11 @@ counts on the validation prompts: exact-match accuracy (the task's checker), res
 pass, response tokens/s and each curve's AUP (d3LLM). Reports mean and standard deviation over the seeds
 (the teacher's rows repeat per seed: its spread is the prompts' sampling noise only) and writes
 `<out>/bench.json` and a Markdown table.
+
+`--cycles N` adds self-distillation: N more distillations per seed, each with the previous one's last
+student as its teacher (`teacher.path=<run>/round_<last>/model`, exactly what a user runs), so each
+student learns its predecessor's own greedy answers; every cycle's students are benched too
+(`student-c<cycle>-r<round>`).
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ from fewstep.tradeoff.bench import run_bench
 from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 
 
-def distil(teacher: Path, out: Path, seed: int, overrides: list[str]) -> Path:
-    run = out / f"distill-seed{seed}"
+def distil(teacher: Path, out: Path, seed: int, overrides: list[str], cycle: int = 0) -> Path:
+    run = out / (f"distill-seed{seed}" + (f"-cycle{cycle}" if cycle else ""))
     if not (run / "model" / "fewstep.json").exists():
         cfg = load_config(DistillRunConfig, "distill/anagram",
                           [f"teacher.path={teacher}", f"out_dir={run}", f"trainer.seed={seed}",
                            "logger.wandb.mode=disabled", *overrides])
         began = time.perf_counter()
         run_distill(cfg)
-        print(f"distillation seed {seed}: {time.perf_counter() - began:.0f} s", flush=True)
+        print(f"distillation seed {seed} cycle {cycle}: {time.perf_counter() - began:.0f} s", flush=True)
     return run
+
+
+def last_student(run: Path) -> Path:
+    return sorted(run.glob("round_*/model"), key=lambda p: int(p.parent.name.split("_")[1]))[-1]
 
 
 def main() -> int:
@@ -57,6 +66,7 @@ def main() -> int:
     parser.add_argument("--steps", default="1,2,4,8,16")
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cycles", type=int, default=0, help="self-distillation cycles after the first distillation")
     args = parser.parse_args()
     out, teacher = Path(args.out), Path(args.teacher)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,19 +77,27 @@ def main() -> int:
                                                                           "logger.wandb.mode=disabled"]))
         print(f"teacher: {time.perf_counter() - began:.0f} s", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {seed: distil(teacher, out, seed, args.overrides) for seed in seeds}
+    runs = {}
+    for seed in seeds:
+        runs[seed] = [distil(teacher, out, seed, args.overrides)]
+        for cycle in range(1, args.cycles + 1):
+            runs[seed].append(distil(last_student(runs[seed][-1]), out, seed, args.overrides, cycle))
     per_seed = {}
-    for seed, run in runs.items():
+    for seed, chain in runs.items():
         models = [BenchModel("teacher", str(teacher / "model"))]
-        models += [BenchModel(f"student-r{p.parent.name.split('_')[1]}", str(p)) for p in sorted(run.glob("round_*/model"))]
+        for cycle, run in enumerate(chain):
+            prefix = f"student-c{cycle}-" if cycle else "student-"
+            models += [BenchModel(f"{prefix}r{p.parent.name.split('_')[1]}", str(p))
+                       for p in sorted(run.glob("round_*/model"))]
         cfg = BenchRunConfig(out_dir=str(out / f"bench-seed{seed}"), models=models,
                              samplers=args.samplers.split(","), steps=[int(s) for s in args.steps.split(",")],
                              num_samples=args.num_prompts, repeats=args.repeats, seed=seed)
         cfg.logger.wandb.mode = "disabled"
         per_seed[seed] = run_bench(cfg, progress=False, overwrite=True)["rows"]
     table = []
+    order = {name: i for i, name in enumerate(dict.fromkeys(r["model"] for rows in per_seed.values() for r in rows))}
     keys = sorted({(r["model"], r["sampler"], r["steps"]) for rows in per_seed.values() for r in rows},
-                  key=lambda k: (k[0] != "teacher", k[0], k[1], k[2]))
+                  key=lambda k: (order[k[0]], k[1], k[2]))  # models in the order they were made
     for model, sampler, steps in keys:
         cells = [r for rows in per_seed.values() for r in rows
                  if (r["model"], r["sampler"], r["steps"]) == (model, sampler, steps)]
