@@ -130,3 +130,17 @@ def test_a_learned_policy_refuses_a_threshold_outside_the_open_interval():
 
     with pytest.raises(RunError, match=r"\(0, 1\)"):
         LearnedPolicy(PolicyHead(0), 16).with_threshold(1.0)
+
+
+def test_an_allocation_searched_on_prompts_is_scored_by_accuracy_on_its_own_windows():
+    data = anagram_data(num_train=300)
+    cfg = _cfg(what="allocation", steps=4, **{"allocation.iterations": 3, "allocation.policy": "confidence",
+                                               "policy.schedule": "loglinear"})
+    schedule, _, report = learn_schedule(AnagramOracle(data.task), cfg, 12, data.vocab_size,
+                                         prompts=PromptSet.of(data))
+    allocation = report["allocation"]
+    assert allocation["objective"] == "accuracy"
+    # the counts cover the longest response, and the held-out value is 1 - its accuracy
+    assert sum(allocation["counts"]) == 12 - int(data.train_prompt_len.min())
+    held = allocation["heldout"]["learned"]
+    assert held["value"] == pytest.approx(1.0 - held["accuracy"]) and 0.0 <= held["accuracy"] <= 1.0
