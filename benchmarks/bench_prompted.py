@@ -14,7 +14,8 @@ pass, response tokens/s and each curve's AUP (d3LLM). Reports mean and standard 
 `--cycles N` adds self-distillation: N more distillations per seed, each with the previous one's last
 student as its teacher (`teacher.path=<run>/round_<last>/model`, exactly what a user runs), so each
 student learns its predecessor's own greedy answers; every cycle's students are benched too
-(`student-c<cycle>-r<round>`).
+(`student-c<cycle>-r<round>`). A seed's finished bench is reused too, so seeds can run in separate
+processes (`--seeds 0`, `--seeds 1`, ...) and a last `--seeds 0,1,2` only combines them.
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ def last_student(run: Path) -> Path:
     return sorted(run.glob("round_*/model"), key=lambda p: int(p.parent.name.split("_")[1]))[-1]
 
 
+def finished_bench(cfg: BenchRunConfig) -> list[dict] | None:
+    """The rows of an earlier bench in `cfg.out_dir` that measured exactly these models, samplers, step
+    counts and prompt count (another run of this script, e.g. one seed per process), else None."""
+    path = Path(cfg.out_dir) / "tradeoff.json"
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())["rows"]
+    wanted = {(m.name, s, n) for m in cfg.models for s in cfg.samplers for n in cfg.steps}
+    if {(r["model"], r["sampler"], r["steps"]) for r in rows} != wanted:
+        return None
+    if any(r["batch_size"] != cfg.num_samples for r in rows):
+        return None
+    print(f"reusing {path}", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every distillation run")
@@ -93,7 +110,7 @@ def main() -> int:
                              samplers=args.samplers.split(","), steps=[int(s) for s in args.steps.split(",")],
                              num_samples=args.num_prompts, repeats=args.repeats, seed=seed)
         cfg.logger.wandb.mode = "disabled"
-        per_seed[seed] = run_bench(cfg, progress=False, overwrite=True)["rows"]
+        per_seed[seed] = finished_bench(cfg) or run_bench(cfg, progress=False, overwrite=True)["rows"]
     table = []
     order = {name: i for i, name in enumerate(dict.fromkeys(r["model"] for rows in per_seed.values() for r in rows))}
     keys = sorted({(r["model"], r["sampler"], r["steps"]) for rows in per_seed.values() for r in rows},

@@ -193,3 +193,48 @@ def test_reference_answers_are_the_validation_responses(tmp_path):
     for i, answer in enumerate(answers):
         prompt = data.tokenizer.decode(data.val[i, : int(data.val_prompt_len[i])].tolist(), skip_special_tokens=True)
         assert " ".join(answer.split()) == " ".join(expected[prompt.strip()].split())
+
+
+def test_verified_trajectories_keep_the_fewest_steps_that_answer_right(tmp_path):
+    from fewstep.distillation.run import _train_judge
+
+    data = _data()
+    oracle = AnagramOracle(data.task)
+    judge = _train_judge(data)
+    common = dict(progress=False, prompts=data.train, prompt_len=data.train_prompt_len, spec="llada",
+                  temperature=0.0)
+    tokens, lengths = ensure_trajectories(oracle, tmp_path / "t.pt", 60, 10, 16, 32, 3, data.mask_id, "loglinear",
+                                          {"k": 1}, verified_steps=(1, 2), judge=judge, **common)
+    index = torch.arange(60)
+    assert judge(tokens, index).all()  # every kept answer is right
+    came_from = torch.load(tmp_path / "t.pt", weights_only=True)["steps"]
+    assert set(came_from.tolist()) <= {1, 2, 16} and (came_from == 2).any() and (came_from == 16).any()
+    answers = {n: sample_with_spec("llada", oracle, 60, 10, n, seed=3, temperature=0.0, noise_schedule="loglinear",
+                                   prompt=[data.train[i, : int(lengths[i])] for i in range(60)],
+                                   sample_ids=index).tokens for n in (1, 2, 16)}
+    right = {n: judge(answers[n], index).bool() for n in (1, 2)}
+    for i, n in enumerate(came_from.tolist()):
+        assert torch.equal(tokens[i], answers[n][i])  # the teacher's own answer at that count
+        assert n == 1 or not right[1][i]  # no count below it was right
+        assert n != 16 or not right[2][i]
+    with pytest.raises(ValueError, match="other settings"):  # the cache knows it was verified
+        ensure_trajectories(oracle, tmp_path / "t.pt", 60, 10, 16, 32, 3, data.mask_id, "loglinear", {"k": 2},
+                            **common)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trajectory.verified_steps=[2,16]"], "below the teacher's 16 steps"),
+    (["trajectory.verified_steps=[2]", "method=sdtt"], "method=trajectory"),
+])
+def test_verified_steps_that_cannot_apply_stop_before_anything_is_written(anagram_teacher, tmp_path, overrides,
+                                                                          message):
+    from fewstep.distillation.run import run_distill
+    from fewstep.errors import ConfigError
+
+    out = tmp_path / "distill"
+    cfg = load_config(DistillRunConfig, None, [
+        f"teacher.path={anagram_teacher}", f"out_dir={out}", *SMALL_TASK, "method=trajectory",
+        "trajectory.teacher_steps=16", "logger.wandb.mode=disabled", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        run_distill(cfg)
+    assert not out.exists()
