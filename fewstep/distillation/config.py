@@ -105,10 +105,6 @@ class TrajectoryConfig:
     sampler: str = "auto"
     # the teacher's temperature; None = 0 (greedy, LLaDA's default) on prompted data, else 1
     temperature: float | None = None
-    # prompted data: step counts to try before teacher_steps; each prompt keeps the teacher's answer at the
-    # fewest of them that is correct (the task's checker, or the response the data gives), else its answer
-    # at teacher_steps: among the right answers, the ones the teacher already reaches in parallel
-    verified_steps: list[int] = field(default_factory=list)
 
     def resolved(self, prompted: bool) -> tuple[str, float]:
         """(sampler spec, temperature) for data with or without prompts."""
@@ -119,8 +115,6 @@ class TrajectoryConfig:
     def __post_init__(self) -> None:
         if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
             raise ConfigError(f"trajectory.temperature={self.temperature} must be a finite number >= 0")
-        if any(int(n) < 1 for n in self.verified_steps):
-            raise ConfigError(f"trajectory.verified_steps={list(self.verified_steps)}: every count must be >= 1")
         if self.sampler not in ("auto", "ancestral"):
 
             try:

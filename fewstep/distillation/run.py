@@ -22,8 +22,7 @@ from fewstep.distillation.config import DistillRunConfig
 from fewstep.distillation.module import DistillModule
 from fewstep.distillation.rounds import RoundCallback
 from fewstep.distillation.trajectory import ensure_trajectories
-from fewstep.evaluation.accuracy import reference_answers, responses_correct
-from fewstep.errors import ConfigError, ModelError, Preempted, RunError
+from fewstep.errors import ModelError, Preempted, RunError
 from fewstep.model.config import TeacherSourceConfig
 from fewstep.model.denoiser import build_denoiser
 from fewstep.model.hub import load_hf_teacher
@@ -114,7 +113,6 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
     with allocation_errors("building the data"):
         data = build_data(_data_config(cfg, teacher), out_dir, tokenizer=None if teacher.path else teacher.tokenizer)
     _check_fit(teacher, data)
-    _verified_steps(cfg, data)
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
 
     schedule_name = teacher.meta.get("noise_schedule", "loglinear")
@@ -176,47 +174,14 @@ def _trajectories(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData, 
                  "steps": steps, "seq_len": data.train.shape[1], "seed": cfg.trainer.seed}
     if data.prompted or spec != "ancestral" or temperature != 1.0:  # earlier caches stay valid
         signature.update(sampler=spec, temperature=temperature, data=data.fingerprint)
-    verified = _verified_steps(cfg, data)
-    if verified:
-        signature.update(verified_steps=verified)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
     tokens, prompt_len = ensure_trajectories(
         teacher.denoiser.to(device), out_dir / "trajectories.pt", cfg.trajectory.num_trajectories,
         data.train.shape[1], steps, cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
         signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
-        prompt_len=data.train_prompt_len, spec=spec, temperature=temperature, verified_steps=verified,
-        judge=_train_judge(data) if verified else None)
+        prompt_len=data.train_prompt_len, spec=spec, temperature=temperature)
     teacher.denoiser.cpu()
     return tokens, prompt_len
-
-
-def _verified_steps(cfg: DistillRunConfig, data: TokenData) -> list[int]:
-    """`trajectory.verified_steps`, checked against the data and the teacher's step count."""
-    verified = sorted({int(n) for n in cfg.trajectory.verified_steps})
-    if verified and cfg.method != "trajectory":
-        raise ConfigError(f"trajectory.verified_steps applies to method=trajectory, not {cfg.method}; remove it")
-    if verified and not data.prompted:
-        raise ConfigError("trajectory.verified_steps needs prompted data (its answers are checked); remove it "
-                          "or distil on a prompt set")
-    steps = cfg.trajectory.teacher_steps or cfg.rounds.start_steps * cfg.rounds.k
-    if verified and verified[-1] >= steps:
-        raise ConfigError(f"trajectory.verified_steps={verified} must all be below the teacher's {steps} steps "
-                          "(trajectory.teacher_steps)")
-    return verified
-
-
-def _train_judge(data: TokenData):
-    """Whether generated rows answer their training prompts (trajectory i answers prompt i mod N) correctly:
-    the task's checker, or the response the data gives for that prompt."""
-    check = getattr(data.task, "check", None)
-    answers = None if check is not None else reference_answers(data, len(data.train), split="train")
-
-    def judge(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        rows = (index % len(data.train)).tolist()
-        return responses_correct(tokens, data.train[rows], data.train_prompt_len[rows], data.tokenizer, check=check,
-                                 answers=None if answers is None else [answers[i] for i in rows])
-
-    return judge
 
 
 def _trainer(cfg: DistillRunConfig, out_dir: Path, module: DistillModule, callbacks: list[Callback]) -> L.Trainer:

@@ -10,7 +10,6 @@ confident sooner and can reveal more tokens per step.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +29,16 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
                         seed: int, mask_id: int, schedule: str, signature: dict[str, Any],
                         progress: bool = True, prompts: torch.Tensor | None = None,
                         prompt_len: torch.Tensor | None = None, spec: str = "ancestral",
-                        temperature: float = 1.0, verified_steps: Sequence[int] = (),
-                        judge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached, and
     each one's prompt length (None without prompts).
 
     With `prompts` [N, seq_len] and `prompt_len` [N] (training rows), trajectory i is the teacher's answer
     to prompt i mod N, drawn with the sampler `spec` at `temperature`: the prompt is kept, the response is
-    the teacher's. With `verified_steps` and `judge` (generated rows [B, seq_len] and their trajectory
-    indices [B] -> 1 where the answer is right), trajectory i is instead the teacher's answer at the fewest
-    of those step counts that `judge` accepts, and its answer at `steps` where none is. `signature`
-    identifies the teacher and settings; a cache made with another is refused.
+    the teacher's. `signature` identifies the teacher and settings; a cache made with another is refused.
     """
     path = Path(path)
-    if verified_steps and (prompts is None or judge is None):
-        raise ValueError("verified_steps needs prompts and a judge of their answers")
     tokens = torch.empty(0, seq_len, dtype=torch.long)
-    came_from = torch.empty(0, dtype=torch.long)  # the step count each trajectory's answer was drawn at
     if path.exists():
         cached = torch.load(path, weights_only=True)
         saved = json.loads(cached["signature"])
@@ -56,7 +47,6 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
                 f"{path} holds trajectories made with other settings ({saved}); delete it or use another out_dir"
             )
         tokens = cached["tokens"]
-        came_from = cached.get("steps", torch.full((len(tokens),), steps, dtype=torch.long))
     lengths = None if prompt_len is None else prompt_len[torch.arange(num) % len(prompt_len)].to(torch.long)
     while len(tokens) < num:
         batch = min(batch_size, num - len(tokens))
@@ -69,24 +59,13 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
             rows = [prompts[i % len(prompts), : int(lengths[i])] for i in index.tolist()]
             out = sample_with_spec(spec, teacher, batch, seq_len, steps, seed=seed, noise_schedule=schedule,
                                    temperature=temperature, prompt=rows, sample_ids=index)
-        answers, drawn_at = out.tokens.cpu().clone(), torch.full((batch,), steps, dtype=torch.long)
-        for few in sorted({int(n) for n in verified_steps if int(n) < steps}, reverse=True):
-            # the largest count first, so a right answer at fewer steps replaces it
-            fewer = sample_with_spec(spec, teacher, batch, seq_len, few, seed=seed, noise_schedule=schedule,
-                                     temperature=temperature, prompt=rows, sample_ids=index).tokens.cpu()
-            right = judge(fewer, index).bool()
-            answers[right], drawn_at[right] = fewer[right], few
-        tokens, came_from = torch.cat([tokens, answers]), torch.cat([came_from, drawn_at])
-        payload = {"tokens": tokens, "steps": came_from, "signature": json.dumps(signature, default=str)}
+        tokens = torch.cat([tokens, out.tokens])
+        payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
         atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))
         if progress:
             print(f"\rteacher trajectories: {len(tokens)}/{num}", end="", flush=True)
     if progress and num:
         print()
-        if verified_steps:
-            counts = torch.bincount(came_from[:num])
-            print("teacher trajectories drawn at " + ", ".join(
-                f"{n} steps: {100 * int(counts[n]) / num:.1f}%" for n in torch.nonzero(counts).flatten().tolist()))
     return tokens[:num], lengths
 
 
