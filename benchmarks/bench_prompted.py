@@ -57,19 +57,13 @@ def last_student(run: Path) -> Path:
 
 
 def finished_bench(cfg: BenchRunConfig) -> list[dict] | None:
-    """The rows of an earlier bench in `cfg.out_dir` that measured exactly these models, samplers, step
-    counts and prompt count (another run of this script, e.g. one seed per process), else None."""
-    path = Path(cfg.out_dir) / "tradeoff.json"
-    if not path.exists():
+    """The rows of an earlier bench in `cfg.out_dir` run with exactly this config (its saved config.yaml:
+    the same models and paths, samplers, step counts, prompts, repeats and seed), else None."""
+    out = Path(cfg.out_dir)
+    if not (out / "tradeoff.json").exists() or load_config(BenchRunConfig, out / "config.yaml") != cfg:
         return None
-    rows = json.loads(path.read_text())["rows"]
-    wanted = {(m.name, s, n) for m in cfg.models for s in cfg.samplers for n in cfg.steps}
-    if {(r["model"], r["sampler"], r["steps"]) for r in rows} != wanted:
-        return None
-    if any(r["batch_size"] != cfg.num_samples for r in rows):
-        return None
-    print(f"reusing {path}", flush=True)
-    return rows
+    print(f"reusing {out / 'tradeoff.json'}", flush=True)
+    return json.loads((out / "tradeoff.json").read_text())["rows"]
 
 
 def main() -> int:
