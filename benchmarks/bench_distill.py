@@ -6,7 +6,11 @@
 For every variant (method:divergence) it runs `fewstep distill` (configs/distill/<source>.yaml plus
 the overrides; a finished variant is reused), then samples with float64 Gumbel noise over several
 seeds: the teacher at `--teacher-steps` (e.g. 1024 and 128), the undistilled teacher and each
-round's student at the rounds' step counts. Reports mean and standard deviation over seeds of the
+round's student at the rounds' step counts. With `--train-seeds 0,1,2` every variant is distilled once
+per training seed (`trainer.seed`; seed 0 keeps the plain directory, seed N adds `-seedN`), and a
+student's spread is over training seeds (each one the mean over the sampling seeds); finished runs are
+reused, so seeds can run in separate processes and a last call combines them. Reports mean and
+standard deviation over seeds of the
 exact NLL per token, invalid-transition rate and unigram entropy (markov), or for corpora the
 teacher's NELBO of the samples, the generative NLL under `--evaluator` (an autoregressive model from
 `fewstep evaluator`), the fraction of Python lines that parse (stdlib) and entropy. `--sampler`
@@ -55,6 +59,21 @@ def evaluate(model, label: str, steps: int, data, reference, seeds: list[int], n
     return row
 
 
+def over_train_seeds(rows: list[dict]) -> dict:
+    """One row per training seed (means over sampling seeds) -> their mean, and sd over training seeds;
+    a single training seed keeps its sd over sampling seeds."""
+    if len(rows) == 1:
+        return rows[0]
+    out = {"model": rows[0]["model"], "steps": rows[0]["steps"], "train_seeds": len(rows)}
+    for key in rows[0]:
+        if key in ("model", "steps") or key.endswith("_sd"):
+            continue
+        values = [r[key] for r in rows]
+        out[key] = statistics.fmean(values)
+        out[f"{key}_sd"] = statistics.stdev(values)
+    return out
+
+
 def fmt(row: dict, key: str) -> str:
     return f"{row[key]:.4f} ± {row[key + '_sd']:.4f}" if key in row else ""
 
@@ -69,7 +88,9 @@ def main() -> int:
     parser.add_argument("--teacher-steps", default="1024,128", help="teacher reference step counts")
     parser.add_argument("--student-steps", default="",
                         help="more step counts for the last round's students (and the undistilled teacher)")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of every row")
+    parser.add_argument("--train-seeds", default="0",
+                        help="distillation seeds (trainer.seed): each variant is trained once per seed")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--sampler", default="ancestral",
                         help="sampler of every row: ancestral (MDLM reference), a preset (dilated, llada, eb, ...) "
@@ -86,18 +107,23 @@ def main() -> int:
     report = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
               "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(), "variants": {}}
 
+    train_seeds = [int(s) for s in args.train_seeds.split(",")]
     first_cfg = None
     for variant in args.variants.split(","):
         method, divergence = variant.split(":")
-        cfg = load_config(DistillRunConfig, config, [*args.overrides, f"teacher.path={args.teacher}",
-                                                     f"method={method}", f"loss.divergence={divergence}",
-                                                     f"out_dir={out / variant.replace(':', '-')}"])
-        first_cfg = first_cfg or cfg
-        start = time.perf_counter()
-        if not (Path(cfg.out_dir) / "model" / "fewstep.json").exists():
-            resume = (Path(cfg.out_dir) / "checkpoints" / "last.ckpt").exists()
-            run_distill(cfg, resume=resume)
-        report["variants"][variant] = {"config": cfg.out_dir, "distill_seconds": time.perf_counter() - start}
+        runs = []
+        for train_seed in train_seeds:
+            name = variant.replace(":", "-") + (f"-seed{train_seed}" if train_seed else "")
+            cfg = load_config(DistillRunConfig, config, [*args.overrides, f"teacher.path={args.teacher}",
+                                                         f"method={method}", f"loss.divergence={divergence}",
+                                                         f"trainer.seed={train_seed}", f"out_dir={out / name}"])
+            first_cfg = first_cfg or cfg
+            start = time.perf_counter()
+            if not (Path(cfg.out_dir) / "model" / "fewstep.json").exists():
+                resume = (Path(cfg.out_dir) / "checkpoints" / "last.ckpt").exists()
+                run_distill(cfg, resume=resume)
+            runs.append({"seed": train_seed, "config": cfg.out_dir, "distill_seconds": time.perf_counter() - start})
+        report["variants"][variant] = {"runs": runs}
 
     # corpora: the teacher's own tokenizer, as the distillation runs used
     data = build_data(first_cfg.data, tokenizer=None if first_cfg.data.source == "markov" else teacher.tokenizer)
@@ -119,9 +145,10 @@ def main() -> int:
                       **run) for n in [*round_steps, *extra]]
     for variant, info in report["variants"].items():
         for r, n in plan:
-            student = load_model_dir(Path(info["config"]) / f"round_{r}" / "model").denoiser
-            rows.append(evaluate(student, f"{variant} round {r}", n, data, reference, seeds, args.num_samples,
-                                 schedule, **run))
+            per_seed = [evaluate(load_model_dir(Path(one["config"]) / f"round_{r}" / "model").denoiser,
+                                 f"{variant} round {r}", n, data, reference, seeds, args.num_samples, schedule, **run)
+                        for one in info["runs"]]
+            rows.append(over_train_seeds(per_seed))
     report["rows"] = rows
     report["sampler"] = args.sampler
     out.mkdir(parents=True, exist_ok=True)
@@ -136,8 +163,9 @@ def main() -> int:
     table = [{"model": r["model"], "steps": r["steps"], **{k: fmt(r, k) for k in [metric, *extra, "entropy"]},
               "tokens_per_s": f"{r['tokens_per_s']:.0f}"} for r in rows]
     print(format_table(table, ["model", "steps", metric, *extra, "entropy", "tokens_per_s"]))
-    print(f"\nsampler {args.sampler}; mean ± sd over seeds {seeds}, {args.num_samples} samples each; "
-          f"machine: {report['machine']}")
+    spread = (f"students: mean ± sd over training seeds {train_seeds} (each the mean over sampling seeds {seeds}); "
+              "teacher rows: over sampling seeds" if len(train_seeds) > 1 else f"mean ± sd over seeds {seeds}")
+    print(f"\nsampler {args.sampler}; {spread}, {args.num_samples} samples each; machine: {report['machine']}")
     return 0
 
 

@@ -169,6 +169,30 @@ def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):
                             {**signature, "steps": 4}, progress=False)
 
 
+def test_trajectory_reuse_shares_another_runs_teacher_samples(tiny_teacher, tmp_path):
+    first = tmp_path / "first"
+    common = ("method=trajectory", "rounds.count=1", "trajectory.num_trajectories=16", "trajectory.batch_size=16",
+              "trajectory.teacher_steps=8")
+    run_distill(load_config(DistillRunConfig, None, distill_overrides(tiny_teacher, first, *common)))
+    source = first / "trajectories.pt"
+    before = source.read_bytes()
+    shared = ("trainer.seed=1", "trajectory.seed=0", f"trajectory.reuse={source}")
+    second = tmp_path / "second"
+    run_distill(load_config(DistillRunConfig, None, distill_overrides(
+        tiny_teacher, second, *common[:2], "trajectory.num_trajectories=24", *common[3:], *shared)))
+    mine = torch.load(second / "trajectories.pt", weights_only=True)["tokens"]
+    assert torch.equal(mine[:16], torch.load(source, weights_only=True)["tokens"]) and mine.shape[0] == 24
+    assert source.read_bytes() == before  # read, never written
+    # without trajectory.seed the samples would be seed 1's: another signature, refused with the fix
+    result = run_cli("distill", "distill/markov", *distill_overrides(tiny_teacher, tmp_path / "third", *common,
+                                                                      "trainer.seed=1", f"trajectory.reuse={source}"))
+    _fails(result, "other settings", "trajectory.reuse")
+    _fails(run_cli("distill", "distill/markov", *distill_overrides(
+        tiny_teacher, tmp_path / "fourth", *common, f"trajectory.reuse={tmp_path / 'missing.pt'}")),
+        "missing.pt", "trajectory.reuse")
+    assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()  # a refused start leaves nothing
+
+
 def _fails(result, *words):
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     last = result.stderr.strip().splitlines()[-1]

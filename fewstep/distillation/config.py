@@ -105,6 +105,10 @@ class TrajectoryConfig:
     sampler: str = "auto"
     # the teacher's temperature; None = 0 (greedy, LLaDA's default) on prompted data, else 1
     temperature: float | None = None
+    seed: int | None = None  # the teacher's sampling seed; None = trainer.seed
+    # another run's trajectories.pt of the same teacher and settings to start from (read, never written): students
+    # trained with other seeds or losses share the teacher's samples instead of drawing them again
+    reuse: str | None = None
 
     def resolved(self, prompted: bool) -> tuple[str, float]:
         """(sampler spec, temperature) for data with or without prompts."""

@@ -100,7 +100,7 @@ def run_distill(cfg: DistillRunConfig, resume: bool = False, callbacks: list[Cal
         )
     check_device(cfg.trainer.accelerator, "trainer.accelerator")
     out_dir = Path(cfg.out_dir)
-    sources = input_paths(cfg.teacher.path, cfg.data.path, cfg.data.tokenizer)
+    sources = input_paths(cfg.teacher.path, cfg.data.path, cfg.data.tokenizer, cfg.trajectory.reuse)
     with own_run_dir(out_dir, "distill-run", cfg, resume, RESUME_SECTIONS, sources) as ckpt_path:
         return _distill(cfg, out_dir, ckpt_path, callbacks)
 
@@ -170,16 +170,18 @@ def _trajectories(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData, 
     """The teacher's own samples as training tokens (and their prompt length), cached in `trajectories.pt`."""
     steps = cfg.trajectory.teacher_steps or cfg.rounds.start_steps * cfg.rounds.k
     spec, temperature = cfg.trajectory.resolved(data.prompted)
+    seed = cfg.trainer.seed if cfg.trajectory.seed is None else cfg.trajectory.seed
     signature = {"teacher": str(cfg.teacher.path), "fingerprint": teacher.meta.get("data_fingerprint"),
-                 "steps": steps, "seq_len": data.train.shape[1], "seed": cfg.trainer.seed}
+                 "steps": steps, "seq_len": data.train.shape[1], "seed": seed}
     if data.prompted or spec != "ancestral" or temperature != 1.0:  # earlier caches stay valid
         signature.update(sampler=spec, temperature=temperature, data=data.fingerprint)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
     tokens, prompt_len = ensure_trajectories(
         teacher.denoiser.to(device), out_dir / "trajectories.pt", cfg.trajectory.num_trajectories,
-        data.train.shape[1], steps, cfg.trajectory.batch_size, cfg.trainer.seed, data.mask_id, schedule_name,
+        data.train.shape[1], steps, cfg.trajectory.batch_size, seed, data.mask_id, schedule_name,
         signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
-        prompt_len=data.train_prompt_len, spec=spec, temperature=temperature)
+        prompt_len=data.train_prompt_len, spec=spec, temperature=temperature,
+        reuse=Path(cfg.trajectory.reuse) if cfg.trajectory.reuse else None)
     teacher.denoiser.cpu()
     return tokens, prompt_len
 

@@ -20,6 +20,7 @@ from torch import nn
 from fewstep.core.diffusion import NoiseSchedule, exclude_mask, forward_process, response_mask, sample_t
 from fewstep.core.io import atomic_save
 from fewstep.core.streams import NoiseSource
+from fewstep.errors import CheckpointError
 from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
 
 __all__ = ["ensure_trajectories", "trajectory_loss"]
@@ -29,24 +30,23 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
                         seed: int, mask_id: int, schedule: str, signature: dict[str, Any],
                         progress: bool = True, prompts: torch.Tensor | None = None,
                         prompt_len: torch.Tensor | None = None, spec: str = "ancestral",
-                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        temperature: float = 1.0, reuse: Path | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached, and
     each one's prompt length (None without prompts).
 
     With `prompts` [N, seq_len] and `prompt_len` [N] (training rows), trajectory i is the teacher's answer
     to prompt i mod N, drawn with the sampler `spec` at `temperature`: the prompt is kept, the response is
     the teacher's. `signature` identifies the teacher and settings; a cache made with another is refused.
+    Without a cache at `path`, the one at `reuse` (another run's, same signature) is the start: it is read,
+    never written, and only the trajectories it lacks are drawn here.
     """
     path = Path(path)
     tokens = torch.empty(0, seq_len, dtype=torch.long)
     if path.exists():
-        cached = torch.load(path, weights_only=True)
-        saved = json.loads(cached["signature"])
-        if saved != json.loads(json.dumps(signature, default=str)):
-            raise ValueError(
-                f"{path} holds trajectories made with other settings ({saved}); delete it or use another out_dir"
-            )
-        tokens = cached["tokens"]
+        tokens = _cached(path, signature, "delete it or use another out_dir")
+    elif reuse is not None:
+        tokens = _cached(Path(reuse), signature, "drop trajectory.reuse or make the settings match")
     lengths = None if prompt_len is None else prompt_len[torch.arange(num) % len(prompt_len)].to(torch.long)
     while len(tokens) < num:
         batch = min(batch_size, num - len(tokens))
@@ -67,6 +67,17 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
     if progress and num:
         print()
     return tokens[:num], lengths
+
+
+def _cached(path: Path, signature: dict[str, Any], fix: str) -> torch.Tensor:
+    """The tokens of the trajectory cache at `path`, which must have been made with `signature`."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a trajectory cache (a run's trajectories.pt); {fix}")
+    cached = torch.load(path, weights_only=True)
+    saved = json.loads(cached["signature"])
+    if saved != json.loads(json.dumps(signature, default=str)):
+        raise CheckpointError(f"{path} holds trajectories made with other settings ({saved}); {fix}")
+    return cached["tokens"]
 
 
 def trajectory_loss(student: nn.Module, x_hat: torch.Tensor, schedule: NoiseSchedule, mask_id: int,
