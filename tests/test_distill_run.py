@@ -190,6 +190,11 @@ def test_trajectory_reuse_shares_another_runs_teacher_samples(tiny_teacher, tmp_
     _fails(run_cli("distill", "distill/markov", *distill_overrides(
         tiny_teacher, tmp_path / "fourth", *common, f"trajectory.reuse={tmp_path / 'missing.pt'}")),
         "missing.pt", "trajectory.reuse")
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(source.read_bytes()[:100])
+    _fails(run_cli("distill", "distill/markov", *distill_overrides(
+        tiny_teacher, tmp_path / "fifth", *common, f"trajectory.reuse={damaged}")), "damaged.pt", "truncated or damaged")
+    assert not (tmp_path / "fifth").exists()
     assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()  # a refused start leaves nothing
 
 

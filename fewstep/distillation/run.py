@@ -181,7 +181,7 @@ def _trajectories(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData, 
         data.train.shape[1], steps, cfg.trajectory.batch_size, seed, data.mask_id, schedule_name,
         signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
         prompt_len=data.train_prompt_len, spec=spec, temperature=temperature,
-        reuse=Path(cfg.trajectory.reuse) if cfg.trajectory.reuse else None)
+        reuse=cfg.trajectory.reuse)
     teacher.denoiser.cpu()
     return tokens, prompt_len
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.core.diffusion import NoiseSchedule, exclude_mask, forward_process, response_mask, sample_t
-from fewstep.core.io import atomic_save
+from fewstep.core.io import atomic_save, load_checkpoint
 from fewstep.core.streams import NoiseSource
 from fewstep.errors import CheckpointError
 from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
@@ -30,7 +30,7 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
                         seed: int, mask_id: int, schedule: str, signature: dict[str, Any],
                         progress: bool = True, prompts: torch.Tensor | None = None,
                         prompt_len: torch.Tensor | None = None, spec: str = "ancestral",
-                        temperature: float = 1.0, reuse: Path | None = None
+                        temperature: float = 1.0, reuse: str | Path | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The teacher's final tokens for `num` trajectories, [num, seq_len], generated once and cached, and
     each one's prompt length (None without prompts).
@@ -73,7 +73,9 @@ def _cached(path: Path, signature: dict[str, Any], fix: str) -> torch.Tensor:
     """The tokens of the trajectory cache at `path`, which must have been made with `signature`."""
     if not path.is_file():
         raise CheckpointError(f"{path} is not a trajectory cache (a run's trajectories.pt); {fix}")
-    cached = torch.load(path, weights_only=True)
+    cached = load_checkpoint(path)  # weights_only; a damaged file is a CheckpointError that names it
+    if not {"signature", "tokens"} <= cached.keys():
+        raise CheckpointError(f"{path} is not a trajectory cache (no signature/tokens); {fix}")
     saved = json.loads(cached["signature"])
     if saved != json.loads(json.dumps(signature, default=str)):
         raise CheckpointError(f"{path} holds trajectories made with other settings ({saved}); {fix}")
