@@ -42,8 +42,8 @@ from fewstep.tradeoff.pareto import sample_quality_row
 
 
 def evaluate(model, label: str, steps: int, data, reference, seeds: list[int], num_samples: int,
-             schedule: str, sampler: str = "ancestral", evaluator=None) -> dict:
-    sample, _ = sampler_fn(sampler, torch.device("cpu"), schedule)
+             schedule: str, sampler: str = "ancestral", evaluator=None, temperature: float = 1.0) -> dict:
+    sample, _ = sampler_fn(sampler, torch.device("cpu"), schedule, temperature=temperature)
     runs = []
     for seed in seeds:
         tokens, _, seconds = sample(model, num_samples, data.train.shape[1], steps, 1000 + seed)
@@ -95,6 +95,9 @@ def main() -> int:
     parser.add_argument("--sampler", default="ancestral",
                         help="sampler of every row: ancestral (MDLM reference), a preset (dilated, llada, eb, ...) "
                              "or POLICY[+FALLBACK][/SCHEDULE]")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of every row (below 1 sharpens: compare a student's entropy loss "
+                             "with the teacher's at the same entropy)")
     parser.add_argument("--evaluator", default=None,
                         help="autoregressive evaluator directory (fewstep evaluator): generative NLL of corpus samples")
     args = parser.parse_intermixed_args()
@@ -132,7 +135,7 @@ def main() -> int:
         from fewstep.evaluation.autoregressive import load_evaluator
 
         evaluator = load_evaluator(args.evaluator)
-    run = dict(sampler=args.sampler, evaluator=evaluator)
+    run = dict(sampler=args.sampler, evaluator=evaluator, temperature=args.temperature)
     schedule = teacher.meta.get("noise_schedule", "loglinear")
     reference = teacher.denoiser
     rows = [evaluate(teacher.denoiser, "teacher", n, data, reference, seeds, args.num_samples, schedule, **run)
@@ -151,10 +154,13 @@ def main() -> int:
             rows.append(over_train_seeds(per_seed))
     report["rows"] = rows
     report["sampler"] = args.sampler
+    report["temperature"] = args.temperature
     out.mkdir(parents=True, exist_ok=True)
     name = "bench.json" if args.sampler == "ancestral" else f"bench-{args.sampler.replace('/', '_')}.json"
     if extra:
         name = name.replace(".json", f"-steps-{'_'.join(map(str, extra))}.json")
+    if args.temperature != 1.0:
+        name = name.replace(".json", f"-t{args.temperature:g}.json")
     (out / name).write_text(json.dumps(report, indent=2))
 
     metric = "exact_nll" if data.task is not None else ("gen_nll" if evaluator is not None else "teacher_nelbo")
@@ -165,7 +171,7 @@ def main() -> int:
     print(format_table(table, ["model", "steps", metric, *extra, "entropy", "tokens_per_s"]))
     spread = (f"students: mean ± sd over training seeds {train_seeds} (each the mean over sampling seeds {seeds}); "
               "teacher rows: over sampling seeds" if len(train_seeds) > 1 else f"mean ± sd over seeds {seeds}")
-    print(f"\nsampler {args.sampler}; {spread}, {args.num_samples} samples each; machine: {report['machine']}")
+    print(f"\nsampler {args.sampler}, temperature {args.temperature:g}; {spread}, {args.num_samples} samples each; machine: {report['machine']}")
     return 0
 
 
