@@ -74,7 +74,7 @@ def _cached(path: Path, signature: dict[str, Any], fix: str) -> torch.Tensor:
     if not path.is_file():
         raise CheckpointError(f"{path} is not a trajectory cache (a run's trajectories.pt); {fix}")
     cached = load_checkpoint(path)  # weights_only; a damaged file is a CheckpointError that names it
-    if not {"signature", "tokens"} <= cached.keys():
+    if not isinstance(cached, dict) or not {"signature", "tokens"} <= cached.keys():
         raise CheckpointError(f"{path} is not a trajectory cache (no signature/tokens); {fix}")
     saved = json.loads(cached["signature"])
     if saved != json.loads(json.dumps(signature, default=str)):
