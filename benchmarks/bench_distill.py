@@ -171,7 +171,8 @@ def main() -> int:
     print(format_table(table, ["model", "steps", metric, *extra, "entropy", "tokens_per_s"]))
     spread = (f"students: mean ± sd over training seeds {train_seeds} (each the mean over sampling seeds {seeds}); "
               "teacher rows: over sampling seeds" if len(train_seeds) > 1 else f"mean ± sd over seeds {seeds}")
-    print(f"\nsampler {args.sampler}, temperature {args.temperature:g}; {spread}, {args.num_samples} samples each; machine: {report['machine']}")
+    print(f"\nsampler {args.sampler}, temperature {args.temperature:g}; {spread}, {args.num_samples} samples each; "
+          f"machine: {report['machine']}")
     return 0
 
 
