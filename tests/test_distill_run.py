@@ -169,6 +169,14 @@ def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):
                             {**signature, "steps": 4}, progress=False)
 
 
+def test_references_need_prompts(tiny_teacher, tmp_path):
+    out = tmp_path / "refs"
+    result = run_cli("distill", "distill/markov", *distill_overrides(
+        tiny_teacher, out, "method=trajectory", "rounds.count=1", "trajectory.references=2"))
+    _fails(result, "trajectory.references=2 needs prompted data", "drop trajectory.references")
+    assert not out.exists()
+
+
 def test_trajectory_reuse_shares_another_runs_teacher_samples(tiny_teacher, tmp_path):
     first = tmp_path / "first"
     common = ("method=trajectory", "rounds.count=1", "trajectory.num_trajectories=16", "trajectory.batch_size=16",

@@ -18,7 +18,8 @@ from fewstep.data.anagram import AnagramOracle
 from fewstep.data.config import AnagramConfig, DataConfig
 from fewstep.data.sources import build_data
 from fewstep.distillation.config import DistillRunConfig, TrajectoryConfig
-from fewstep.distillation.trajectory import ensure_trajectories, trajectory_loss
+from fewstep.distillation.trajectory import ensure_trajectories, select_reference, trajectory_loss
+from fewstep.errors import ConfigError
 from fewstep.samplers.presets import sample_with_spec
 from fewstep.teacher.config import TeacherRunConfig
 
@@ -71,6 +72,68 @@ def test_trajectories_are_the_teachers_answers_to_the_training_prompts(tmp_path)
     assert torch.equal(again, tokens)  # read back from the cache
 
 
+class Positional(nn.Module):
+    """A student whose logits depend on the position only, and which records its inputs."""
+
+    def __init__(self, seq_len: int, vocab: int, mask_id: int, seed: int = 0) -> None:
+        super().__init__()
+        self.mask_id = mask_id
+        self.table = nn.Parameter(torch.randn(seq_len, vocab, generator=torch.Generator().manual_seed(seed)))
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, z, t=None):
+        self.inputs.append((z.clone(), t.clone()))
+        return self.table.expand(z.shape[0], -1, -1)
+
+
+def test_references_are_several_answers_to_each_prompt(tmp_path):
+    data = _data()
+    oracle = AnagramOracle(data.task)
+    tokens, lengths = ensure_trajectories(
+        oracle, tmp_path / "t.pt", 20, 10, 16, 16, 3, data.mask_id, "loglinear", {"k": 1}, progress=False,
+        prompts=data.train, prompt_len=data.train_prompt_len, spec="llada", temperature=1.0, references=3)
+    assert tokens.shape == (20, 3, 10) and torch.equal(lengths, data.train_prompt_len[:20])
+    decode = data.tokenizer.decode
+    distinct = 0
+    for i in range(20):
+        n = int(lengths[i])
+        for row in tokens[i].tolist():
+            assert row[:n] == data.train[i, :n].tolist()  # every reference answers prompt i
+            response = row[n:]
+            response = response[: response.index(data.task.eos_id)] if data.task.eos_id in response else response
+            assert data.task.check(decode(row[:n], skip_special_tokens=True),
+                                   decode(response, skip_special_tokens=True))
+        distinct += len({tuple(row) for row in tokens[i].tolist()}) > 1
+    assert distinct >= 5  # each answer has its own noise: where a prompt has several right answers, they differ
+    again, _ = ensure_trajectories(
+        oracle, tmp_path / "t.pt", 20, 10, 16, 16, 3, data.mask_id, "loglinear", {"k": 1}, progress=False,
+        prompts=data.train, prompt_len=data.train_prompt_len, spec="llada", temperature=1.0, references=3)
+    assert torch.equal(again, tokens)
+
+
+def test_select_reference_takes_the_answer_the_student_finds_likeliest_in_one_pass():
+    vocab, mask_id, seq_len = 6, 5, 5
+    student = Positional(seq_len, vocab, mask_id)
+    prompt_len = torch.tensor([2, 1, 3])
+    references = torch.randint(0, 5, (3, 4, seq_len), generator=torch.Generator().manual_seed(1))
+    for b, n in enumerate(prompt_len.tolist()):
+        references[b, :, :n] = references[b, 0, :n]  # one prompt per row, four answers
+    chosen = select_reference(student, references, prompt_len, mask_id)
+    z, t = student.inputs[0]
+    assert torch.equal(t, torch.ones(3))  # one forward pass from the fully masked response
+    for b, n in enumerate(prompt_len.tolist()):
+        assert torch.equal(z[b, :n], references[b, 0, :n]) and (z[b, n:] == mask_id).all()
+        log_q = torch.log_softmax(student.table.detach()[:, :mask_id], -1)
+        scores = [sum(float(log_q[i, references[b, r, i]]) for i in range(n, seq_len)) for r in range(4)]
+        assert torch.equal(chosen[b], references[b, max(range(4), key=scores.__getitem__)])
+    # the loss trains on the chosen answers: a [B, R, L] batch is the [B, L] batch of its choices
+    noise = step_noise(0, 0, 3, 0, 1, torch.device("cpu"))
+    loss, _ = trajectory_loss(student, references, make_schedule("loglinear"), mask_id, 0.5, noise, prompt_len)
+    noise = step_noise(0, 0, 3, 0, 1, torch.device("cpu"))
+    plain, _ = trajectory_loss(student, chosen, make_schedule("loglinear"), mask_id, 0.5, noise, prompt_len)
+    assert torch.equal(loss, plain)
+
+
 def test_trajectory_loss_masks_and_scores_the_response_only():
     data = _data()
     student = Recorder(data.vocab_size, data.mask_id)
@@ -117,6 +180,11 @@ def test_trajectory_config_defaults_follow_the_data():
     assert TrajectoryConfig().resolved(prompted=True) == ("llada", 0.0)
     assert TrajectoryConfig().resolved(prompted=False) == ("ancestral", 1.0)
     assert TrajectoryConfig(sampler="fast-dllm", temperature=0.5).resolved(True) == ("fast-dllm", 0.5)
+    assert TrajectoryConfig(references=4).resolved(prompted=True) == ("llada", 1.0)  # answers that differ
+    with pytest.raises(ConfigError, match="trajectory.temperature=0"):
+        TrajectoryConfig(references=4, temperature=0.0)
+    with pytest.raises(ConfigError, match="references"):
+        TrajectoryConfig(references=0)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +224,24 @@ def test_a_prompted_distillation_run_end_to_end(anagram_teacher, tmp_path):
     student = load_model_dir(out / "model").denoiser
     accuracy = task_accuracy(student, data, "llada", steps=4, num_prompts=8)
     assert accuracy.num_prompts == 8 and 0.0 <= accuracy.accuracy <= 1.0
+
+
+def test_a_distillation_run_on_several_references_per_prompt(anagram_teacher, tmp_path):
+    from fewstep.distillation.run import run_distill
+
+    out = tmp_path / "distill"
+    cfg = load_config(DistillRunConfig, None, [
+        f"teacher.path={anagram_teacher}", f"out_dir={out}", *SMALL_TASK, "method=trajectory", "rounds.start_steps=8",
+        "rounds.count=1", "rounds.steps_per_round=3", "trainer.batch_size=8", "trainer.progress=false",
+        "trajectory.num_trajectories=12", "trajectory.references=3", "trajectory.batch_size=12",
+        "eval.enabled=false", "logger.wandb.mode=disabled", "optim.warmup_steps=1"])
+    assert run_distill(cfg).steps == 3
+    cached = torch.load(out / "trajectories.pt", weights_only=True)
+    assert cached["tokens"].shape == (36, 10) and json.loads(cached["signature"])["references"] == 3
+    data = build_data(cfg.data)
+    for i, row in enumerate(cached["tokens"]):
+        n = int(data.train_prompt_len[i // 3])
+        assert torch.equal(row[:n], data.train[i // 3, :n])  # rows 3i, 3i+1, 3i+2 answer prompt i
 
 
 def test_bench_on_a_prompted_task_reports_accuracy_tokens_per_forward_and_aup(anagram_teacher, tmp_path):

@@ -96,15 +96,21 @@ class RoundsConfig:
 class TrajectoryConfig:
     """Trajectory distillation (dParallel / d3LLM): learn from the teacher's own samples."""
 
-    num_trajectories: int = 2048
+    num_trajectories: int = 2048  # training examples: prompts answered `references` times each on prompted data
     teacher_steps: int = 0  # 0 = rounds.start_steps * rounds.k
     batch_size: int = 64  # sequences per teacher sampling batch
     entropy_weight: float = 0.5  # weight of the certainty-forcing term
     # the teacher's sampler (a `fewstep sample --sampler` spec); auto = `llada` (semi-autoregressive blocks,
     # low-confidence remasking, as the reference teachers answer prompts) on prompted data, else `ancestral`
     sampler: str = "auto"
-    # the teacher's temperature; None = 0 (greedy, LLaDA's default) on prompted data, else 1
+    # the teacher's temperature; None = 0 (greedy, LLaDA's default) on prompted data with one reference, else 1
     temperature: float | None = None
+    # teacher answers per training prompt (prompted data). With more than one, each training step learns the
+    # answer the student already finds likeliest in one forward pass from the fully masked response (reference
+    # selection, Shao et al. 2022, "One Reference Is Not Enough"): where a prompt has many right answers, the
+    # student picks one it can give in parallel instead of copying the teacher's arbitrary choice. The answers
+    # must differ, so the teacher samples them at a temperature above 0.
+    references: int = 1
     seed: int | None = None  # the teacher's sampling seed; None = trainer.seed
     # another run's trajectories.pt of the same teacher and settings to start from (read, never written): students
     # trained with other seeds or losses share the teacher's samples instead of drawing them again
@@ -113,10 +119,17 @@ class TrajectoryConfig:
     def resolved(self, prompted: bool) -> tuple[str, float]:
         """(sampler spec, temperature) for data with or without prompts."""
         spec = self.sampler if self.sampler != "auto" else ("llada" if prompted else "ancestral")
-        temperature = self.temperature if self.temperature is not None else (0.0 if prompted else 1.0)
+        greedy = prompted and self.references == 1
+        temperature = self.temperature if self.temperature is not None else (0.0 if greedy else 1.0)
         return spec, temperature
 
     def __post_init__(self) -> None:
+        if self.references < 1:
+            raise ConfigError(f"trajectory.references={self.references} must be >= 1 (teacher answers per prompt)")
+        if self.references > 1 and self.temperature == 0.0:
+            raise ConfigError(f"trajectory.references={self.references} needs answers that differ, but "
+                              "trajectory.temperature=0 makes the teacher give every reference the same one; "
+                              "set trajectory.temperature=1 (or leave it unset)")
         if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
             raise ConfigError(f"trajectory.temperature={self.temperature} must be a finite number >= 0")
         if self.sampler not in ("auto", "ancestral"):

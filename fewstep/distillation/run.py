@@ -113,6 +113,9 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
     with allocation_errors("building the data"):
         data = build_data(_data_config(cfg, teacher), out_dir, tokenizer=None if teacher.path else teacher.tokenizer)
     _check_fit(teacher, data)
+    if cfg.method == "trajectory" and cfg.trajectory.references > 1 and not data.prompted:
+        raise RunError(f"trajectory.references={cfg.trajectory.references} needs prompted data (several answers to "
+                       f"each prompt); data.source={cfg.data.source} has none: drop trajectory.references")
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
 
     schedule_name = teacher.meta.get("noise_schedule", "loglinear")
@@ -175,13 +178,16 @@ def _trajectories(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData, 
                  "steps": steps, "seq_len": data.train.shape[1], "seed": seed}
     if data.prompted or spec != "ancestral" or temperature != 1.0:  # earlier caches stay valid
         signature.update(sampler=spec, temperature=temperature, data=data.fingerprint)
+    references = cfg.trajectory.references
+    if references > 1:
+        signature.update(references=references)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
     tokens, prompt_len = ensure_trajectories(
         teacher.denoiser.to(device), out_dir / "trajectories.pt", cfg.trajectory.num_trajectories,
         data.train.shape[1], steps, cfg.trajectory.batch_size, seed, data.mask_id, schedule_name,
         signature, progress=cfg.trainer.progress, prompts=data.train if data.prompted else None,
         prompt_len=data.train_prompt_len, spec=spec, temperature=temperature,
-        reuse=cfg.trajectory.reuse)
+        reuse=cfg.trajectory.reuse, references=references)
     teacher.denoiser.cpu()
     return tokens, prompt_len
 
