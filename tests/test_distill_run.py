@@ -169,6 +169,31 @@ def test_trajectory_method_and_its_resumable_cache(tiny_teacher, tmp_path):
                             {**signature, "steps": 4}, progress=False)
 
 
+def test_an_interrupted_trajectory_draw_keeps_what_it_saved(tiny_teacher, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import fewstep.distillation.trajectory as trajectory
+
+    calls = []
+
+    def sampler(spec, teacher, batch, seq_len, *args, **kwargs):
+        calls.append(batch)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user stops the run during the third batch
+        return SimpleNamespace(tokens=torch.full((batch, seq_len), len(calls)))
+
+    monkeypatch.setattr(trajectory, "sample_with_spec", sampler)
+    monkeypatch.setattr(trajectory, "SAVE_EVERY_S", 0.0)  # save after every batch
+    path = tmp_path / "trajectories.pt"
+    with pytest.raises(KeyboardInterrupt):
+        ensure_trajectories(None, path, 40, 16, 8, 16, 0, 8, "loglinear", {"k": 1}, progress=False)
+    assert torch.load(path, weights_only=True)["tokens"].shape == (32, 16)  # two batches were saved
+    monkeypatch.setattr(trajectory, "SAVE_EVERY_S", 3600.0)  # only the end is saved now
+    tokens, _ = ensure_trajectories(None, path, 40, 16, 8, 16, 0, 8, "loglinear", {"k": 1}, progress=False)
+    assert calls == [16, 16, 8, 8] and tokens[:16].eq(1).all() and tokens[32:].eq(4).all()
+    assert torch.equal(torch.load(path, weights_only=True)["tokens"], tokens)
+
+
 def test_references_need_prompts(tiny_teacher, tmp_path):
     out = tmp_path / "refs"
     result = run_cli("distill", "distill/markov", *distill_overrides(

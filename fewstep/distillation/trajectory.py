@@ -1,6 +1,6 @@
 """Trajectory distillation (after dParallel / d3LLM): learn from the teacher's own samples.
 
-The teacher samples its trajectories once (cached on disk in chunks, so an interrupted run picks up
+The teacher samples its trajectories once (cached on disk as it grows, so an interrupted run picks up
 where it stopped). The student then learns the teacher's final tokens under complementary masks
 (every token is predicted once per pair), plus a certainty-forcing term: the entropy of the
 student's distribution at masked positions it already predicts right, so that it becomes
@@ -16,6 +16,7 @@ selection, as Shao et al. (2022, "One Reference Is Not Enough") do it for non-au
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from fewstep.errors import CheckpointError
 from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
 
 __all__ = ["ensure_trajectories", "select_reference", "trajectory_loss"]
+
+SAVE_EVERY_S = 60.0  # how often a growing trajectory cache is written to disk
 
 
 def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, steps: int, batch_size: int,
@@ -54,6 +57,7 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
     path = Path(path)
     total = num * references
     tokens = torch.empty(0, seq_len, dtype=torch.long)
+    saved_at = time.monotonic()
     if path.exists():
         tokens = _cached(path, signature, "delete it or use another out_dir")
     elif reuse is not None:
@@ -73,8 +77,12 @@ def ensure_trajectories(teacher: nn.Module, path: Path, num: int, seq_len: int, 
             out = sample_with_spec(spec, teacher, batch, seq_len, steps, seed=seed, noise_schedule=schedule,
                                    temperature=temperature, prompt=rows, sample_ids=index)
         tokens = torch.cat([tokens, out.tokens])
-        payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
-        atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))
+        # rewriting the whole cache after every batch would cost time quadratic in its size: save once a
+        # minute and at the end, so an interrupted run loses at most a minute of the teacher's sampling
+        if len(tokens) >= total or time.monotonic() - saved_at >= SAVE_EVERY_S:
+            payload = {"tokens": tokens, "signature": json.dumps(signature, default=str)}
+            atomic_save(path, lambda tmp, payload=payload: torch.save(payload, tmp))
+            saved_at = time.monotonic()
         if progress:
             print(f"\rteacher trajectories: {len(tokens)}/{total}", end="", flush=True)
     if progress and total:
