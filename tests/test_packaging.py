@@ -1,4 +1,4 @@
-"""Packaging: one import package, no bare `kernels` on the path, configs shipped, CLI installed."""
+"""Packaging: one import package, no bare `kernels` of fewstep's, configs shipped, CLI installed."""
 
 from __future__ import annotations
 
@@ -12,8 +12,16 @@ def _python(code: str, cwd) -> subprocess.CompletedProcess:
 
 def test_subpackages_import_under_fewstep_and_no_bare_kernels(tmp_path):
     code = (
-        "import importlib.util, fewstep.core, fewstep.samplers, fewstep.kernels, fewstep.configs\n"
-        "assert importlib.util.find_spec('kernels') is None, 'a bare kernels package is importable'\n"
+        "import importlib.metadata, importlib.util, pathlib\n"
+        "import fewstep, fewstep.core, fewstep.samplers, fewstep.kernels, fewstep.configs\n"
+        # transformers >= 5.25 depends on Hugging Face's own `kernels` package: a bare `kernels` may be
+        # importable, but it must not be fewstep's (neither installed by it nor beside it in a checkout)
+        "owners = importlib.metadata.packages_distributions().get('kernels', [])\n"
+        "assert 'fewstep' not in owners, 'fewstep installs a bare kernels package'\n"
+        "spec = importlib.util.find_spec('kernels')\n"
+        "beside = pathlib.Path(fewstep.__file__).resolve().parents[1] / 'kernels'\n"
+        "origin = None if spec is None else pathlib.Path(spec.origin).resolve().parent\n"
+        "assert origin != beside, 'a bare kernels package beside fewstep'\n"
         "assert importlib.util.find_spec('distill') is None and importlib.util.find_spec('samplers') is None\n"
         "import transformers\n"
         "from transformers import AutoModelForMaskedLM\n"
