@@ -4,7 +4,7 @@
 
 The teacher is a `fewstep teacher configs/teacher/anagram.yaml` run (trained here first with
 `--train-teacher`). For every seed it runs `fewstep distill configs/distill/anagram.yaml` (trajectory
-distillation on the teacher's greedy answers to the training prompts; a finished run is reused), then one
+distillation on 8 teacher answers per training prompt with reference selection; a finished run is reused), then one
 `fewstep bench` over the teacher (undistilled) and each round's student x the samplers x the step
 counts on the validation prompts: exact-match accuracy (the task's checker), response tokens per forward
 pass, response tokens/s and each curve's AUP (d3LLM). Reports mean and standard deviation over the seeds
@@ -13,7 +13,7 @@ pass, response tokens/s and each curve's AUP (d3LLM). Reports mean and standard 
 
 `--cycles N` adds self-distillation: N more distillations per seed, each with the previous one's last
 student as its teacher (`teacher.path=<run>/round_<last>/model`, exactly what a user runs), so each
-student learns its predecessor's own greedy answers; every cycle's students are benched too
+student learns its predecessor's own answers; every cycle's students are benched too
 (`student-c<cycle>-r<round>`). A seed's finished bench is reused too, so seeds can run in separate
 processes (`--seeds 0`, `--seeds 1`, ...) and a last `--seeds 0,1,2` only combines them.
 """
