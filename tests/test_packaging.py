@@ -15,13 +15,14 @@ def test_subpackages_import_under_fewstep_and_no_bare_kernels(tmp_path):
         "import importlib.metadata, importlib.util, pathlib\n"
         "import fewstep, fewstep.core, fewstep.samplers, fewstep.kernels, fewstep.configs\n"
         # transformers >= 5.25 depends on Hugging Face's own `kernels` package: a bare `kernels` may be
-        # importable, but it must not be fewstep's (neither installed by it nor beside it in a checkout)
+        # importable, but it must not be fewstep's: not installed by it, and not a stray folder beside it
+        # (beside it in site-packages is fine when another distribution owns it)
         "owners = importlib.metadata.packages_distributions().get('kernels', [])\n"
         "assert 'fewstep' not in owners, 'fewstep installs a bare kernels package'\n"
         "spec = importlib.util.find_spec('kernels')\n"
         "beside = pathlib.Path(fewstep.__file__).resolve().parents[1] / 'kernels'\n"
         "origin = None if spec is None else pathlib.Path(spec.origin).resolve().parent\n"
-        "assert origin != beside, 'a bare kernels package beside fewstep'\n"
+        "assert origin != beside or (owners and 'fewstep' not in owners), 'a bare kernels beside fewstep'\n"
         "assert importlib.util.find_spec('distill') is None and importlib.util.find_spec('samplers') is None\n"
         "import transformers\n"
         "from transformers import AutoModelForMaskedLM\n"
