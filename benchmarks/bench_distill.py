@@ -142,10 +142,11 @@ def main() -> int:
             for n in (int(s) for s in args.teacher_steps.split(","))]
     round_steps = [first_cfg.rounds.steps_for(r) for r in range(first_cfg.rounds.count)]
     # (round, steps) per student: each round at its own count, the last one also at --student-steps
-    extra = [int(s) for s in args.student_steps.split(",") if s]
+    # a step count the last round already runs at is not measured twice
+    extra = [n for n in dict.fromkeys(int(s) for s in args.student_steps.split(",") if s) if n != round_steps[-1]]
     plan = [*enumerate(round_steps), *((len(round_steps) - 1, n) for n in extra)]
     rows += [evaluate(teacher.denoiser, "undistilled teacher", n, data, reference, seeds, args.num_samples, schedule,
-                      **run) for n in [*round_steps, *extra]]
+                      **run) for n in dict.fromkeys([*round_steps, *extra])]
     for variant, info in report["variants"].items():
         for r, n in plan:
             per_seed = [evaluate(load_model_dir(Path(one["config"]) / f"round_{r}" / "model").denoiser,
