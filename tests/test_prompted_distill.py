@@ -46,6 +46,17 @@ class Recorder(nn.Module):
         return self.table[z]
 
 
+class PositionRecorder(Recorder):
+    """A recorder whose logits also depend on the position: masked positions differ in entropy."""
+
+    def __init__(self, vocab: int, mask_id: int, seq_len: int) -> None:
+        super().__init__(vocab, mask_id)
+        self.position = nn.Parameter(torch.zeros(seq_len, vocab))
+
+    def forward(self, z, t=None):
+        return super().forward(z, t) + self.position[: z.shape[1]]
+
+
 def test_trajectories_are_the_teachers_answers_to_the_training_prompts(tmp_path):
     data = _data()
     oracle = AnagramOracle(data.task)
@@ -152,6 +163,38 @@ def test_trajectory_loss_masks_and_scores_the_response_only():
     response_only = set(prompt_tokens.tolist()) - set(x[~prompt].tolist()) - {int(t) for t in z[z != data.mask_id]}
     assert not response_only  # (every prompt token is also seen as context; nothing to check there)
     assert torch.isfinite(loss)
+
+
+def test_certainty_forcing_adds_the_weighted_entropy_of_the_right_predictions():
+    """dParallel's certainty forcing: the loss is the cross-entropy plus `entropy_weight` times the mean
+    entropy of the student's distribution at the masked positions whose argmax is already the target."""
+    data = _data()
+    x, prompt_len = data.train[:16], data.train_prompt_len[:16]
+    student = PositionRecorder(data.vocab_size, data.mask_id, x.shape[1])
+    response = torch.arange(x.shape[1]).unsqueeze(0) >= prompt_len.unsqueeze(1)
+    with torch.no_grad():  # masked positions lean to the commonest answer token: right at some of them
+        student.table.normal_(generator=torch.Generator().manual_seed(0))
+        student.position.normal_(generator=torch.Generator().manual_seed(1))
+        student.table[data.mask_id, x[response].mode().values] += 3.0
+    losses = {}
+    for weight in (0.0, 0.2, 0.5):
+        student.inputs.clear()
+        noise = step_noise(0, 0, 16, 0, 1, torch.device("cpu"))
+        losses[weight], metrics = trajectory_loss(student, x, make_schedule("loglinear"), data.mask_id, weight,
+                                                  noise, prompt_len)
+    z = student.inputs[0]
+    target = torch.cat([x, x])
+    logits = student(z).detach()[z == data.mask_id].double()
+    logits[:, data.mask_id] = -torch.inf  # the mask token is never a prediction
+    goal = target[z == data.mask_id]
+    entropy = torch.special.entr(torch.softmax(logits, -1)).sum(-1)
+    right = logits.argmax(-1) == goal
+    assert 0 < int(right.sum()) < len(goal)  # some right, some wrong: the term picks the right ones only
+    certainty = float(entropy[right].mean())
+    assert float(metrics["certainty_entropy"]) == pytest.approx(certainty, rel=1e-5)
+    assert float(losses[0.0]) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, goal)), rel=1e-5)
+    for weight in (0.2, 0.5):
+        assert float(losses[weight] - losses[0.0]) == pytest.approx(weight * certainty, rel=1e-4)
 
 
 def test_sdtt_keeps_the_prompt_out_of_the_teachers_rollout_and_the_loss():
