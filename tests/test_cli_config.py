@@ -104,6 +104,17 @@ def test_building_the_parser_and_its_help_import_no_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_quickstart_help_imports_no_torch():
+    # it lists the quickstart's config keys, which live apart from the pipeline for this reason
+    script = ("import sys; from fewstep.cli import main\ntry:\n    main(['quickstart', '--help'])\n"
+              "except SystemExit:\n    pass\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "distill_trajectories" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_every_run_command_takes_a_config_the_same_way():
     from fewstep.cli.table import COMMANDS
 

@@ -62,7 +62,7 @@ def test_shipped_teacher_configs_load(name):
 def test_other_shipped_configs_load():
     from fewstep.distillation.config import DistillRunConfig
     from fewstep.evaluation.config import EvaluatorRunConfig
-    from fewstep.quickstart import QuickstartConfig
+    from fewstep.quickstart.config import QuickstartConfig
 
     assert load_config(QuickstartConfig, "quickstart").distill_rounds >= 1
     assert load_config(DistillRunConfig, "distill/markov").rounds.start_steps == 64

@@ -14,13 +14,8 @@ from fewstep.core.config import load_config
 from fewstep.distillation.config import DistillRunConfig
 from fewstep.errors import ConfigError
 from fewstep.evaluation.config import EvaluatorRunConfig
-from fewstep.quickstart import (
-    QuickstartConfig,
-    distill_config,
-    evaluator_config,
-    schedule_config,
-    teacher_config,
-)
+from fewstep.quickstart.config import QuickstartConfig
+from fewstep.quickstart.run import distill_config, evaluator_config, schedule_config, teacher_config
 from fewstep.schedule.config import ScheduleRunConfig
 from fewstep.teacher.config import TeacherRunConfig
 

@@ -122,7 +122,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         run_config(args, ["quickstart", *args.layers], overrides)
         return 0
     # lazy: the quickstart runs every stage (torch, lightning), which `fewstep --help` must not import
-    from fewstep.quickstart import quickstart
+    from fewstep.quickstart.run import quickstart
 
     quickstart(Path(args.out), fresh=args.fresh, overrides=overrides, layers=args.layers)
     return 0

@@ -118,6 +118,6 @@ COMMANDS: tuple[Command, ...] = (
         "export the result. Prints a table of quality, entropy, tokens/s and speed-ups over the teacher and the "
         "autoregressive model. Finished stages in --out are reused unless --fresh. Overrides (KEY=VALUE) apply to "
         "configs/quickstart.yaml.",
-        runs.cmd_quickstart, "fewstep.quickstart:QuickstartConfig", config_file=False,
+        runs.cmd_quickstart, "fewstep.quickstart.config:QuickstartConfig", config_file=False,
         options=add_quickstart_options),
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from fewstep.evaluation.autoregressive import train_evaluator
 from fewstep.evaluation.config import EvaluatorRunConfig
 from fewstep.evaluation.metrics import ENTROPY, EXACT_NLL, GEN_NLL, INVALID_RATE
 from fewstep.model.config import TeacherSourceConfig
+from fewstep.quickstart.config import QuickstartConfig
 from fewstep.schedule.config import AllocationSearchConfig, ScheduleRunConfig
 from fewstep.schedule.run import run_schedule_config
 from fewstep.summary import format_table
@@ -38,32 +39,11 @@ from fewstep.tradeoff.bench import run_bench, summary_rows
 from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 from fewstep.tradeoff.tune import Target, reference_row, tune
 
-__all__ = ["QuickstartConfig", "quickstart"]
+__all__ = ["quickstart"]
 
 # what a quickstart directory holds; `--fresh` deletes a directory written before markers only if it holds nothing else
 STAGES = ("quickstart.yaml", "teacher", "evaluator", "distill", "bench", "export")
 TOTAL = 7  # the stages a run prints, [1/7] to [7/7]
-
-
-@dataclass
-class QuickstartConfig(TeacherRunConfig):
-    """The teacher's config plus the settings of the later stages."""
-
-    evaluator_steps: int = 600
-    distill_method: str = "trajectory"  # sdtt | trajectory
-    distill_trajectories: int = 2048  # trajectory: teacher samples to learn from
-    distill_start_steps: int = 32
-    distill_rounds: int = 3
-    distill_steps_per_round: int = 150
-    distill_lr: float = 1e-3
-    schedule_policy: str = "dilated"  # the order the last student's step allocation is learned with
-    schedule_iterations: int = 24  # allocation search moves
-    bench_samplers: list[str] = field(default_factory=lambda: ["ancestral", "dilated/geometric", "learned"])
-    bench_steps: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
-    bench_samples: int = 64
-    bench_repeats: int = 3
-    target_ratio: float = 1.05  # exact NLL (markov) or gen NLL at most this x the teacher's at its most steps
-    min_entropy_ratio: float = 0.95
 
 
 def teacher_config(cfg: QuickstartConfig, out_dir: Path) -> TeacherRunConfig:
