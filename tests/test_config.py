@@ -78,3 +78,19 @@ def test_shipped_text_config_needs_a_path():
         load_config(TeacherRunConfig, "teacher/text")
     cfg = load_config(TeacherRunConfig, "teacher/text", ["data.path=corpus.txt"])
     assert cfg.data.path == "corpus.txt"
+
+
+def test_the_text_recipes_follow_the_text_teacher():
+    from fewstep.distillation.config import DistillRunConfig
+    from fewstep.evaluation.config import EvaluatorRunConfig
+
+    teacher = load_config(TeacherRunConfig, "teacher/text", ["data.path=corpus.txt"])
+    for cls, name in ((DistillRunConfig, "distill/text"), (EvaluatorRunConfig, "evaluator/text")):
+        with pytest.raises(ConfigError, match="data.path"):
+            load_config(cls, name)
+        cfg = load_config(cls, name, ["data.path=corpus.txt"])
+        assert (cfg.data.source, cfg.data.seq_len) == ("text", teacher.data.seq_len), name
+    distill = load_config(DistillRunConfig, "distill/text", ["data.path=corpus.txt"])
+    assert distill.teacher.path == teacher.out_dir
+    evaluator = load_config(EvaluatorRunConfig, "evaluator/text", ["data.path=corpus.txt"])
+    assert evaluator.data.tokenizer == f"{teacher.out_dir}/tokenizer.json"  # the teacher's tokens, not its own
