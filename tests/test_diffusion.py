@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from fewstep.core.diffusion import (
+    draw_masks,
     forward_process,
     make_schedule,
+    masked_cross_entropy,
     nelbo_per_position,
     sample_t,
     subs_log_probs,
@@ -88,3 +90,50 @@ def test_nelbo_with_oracle_equals_exact_nll(name):
     z = forward_process(x, t, schedule, chain.num_states, generator=generator)
     worse = nelbo_per_position(uniform, x, z, t, schedule, chain.num_states).sum(1).mean()
     assert worse > exact.mean() * 1.3
+
+
+def _oracle_estimates(masking: str, draws: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """[draws, 256] per-sequence NELBO estimates of the markov oracle, and the exact NLL [256]."""
+    chain = MarkovChain.from_config(MarkovConfig(num_states=10, branching=3, seed=7))
+    oracle, schedule = MarkovOracle(chain), make_schedule("loglinear", eps=1e-4)
+    x = chain.sample(256, 24, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    estimates = []
+    for _ in range(draws):
+        z, t, weight = draw_masks(x, schedule, chain.num_states, masking, generator=generator)
+        estimates.append(weight.unsqueeze(-1) * masked_cross_entropy(oracle(z), x, z, chain.num_states))
+    return torch.stack(estimates).sum(-1), chain.nll(x, smoothing=0.0)
+
+
+def test_exact_count_masking_is_the_same_tight_bound_with_less_variance():
+    """n ~ Uniform{1..L} masked exactly with weight L/n estimates the same NELBO as MDLM's 1/t: for exact
+    conditionals both average to -log p(x); the count's estimate of each sequence varies less."""
+    counted, exact = _oracle_estimates("exact_count")
+    diff = counted.mean(0) - exact
+    stderr = diff.std() / math.sqrt(len(diff))
+    assert abs(diff.mean()) < 4 * stderr + 1e-3 * exact.mean(), (diff.mean(), stderr)
+    independent, _ = _oracle_estimates("independent")
+    assert abs(independent.mean(0) - exact).mean() < 0.2 * exact.mean()
+    # the spread over draws of one sequence's estimate, averaged over sequences
+    assert counted.var(0).mean() < 0.8 * independent.var(0).mean(), (counted.var(0).mean(), independent.var(0).mean())
+
+
+def test_exact_count_masks_n_response_positions_spread_over_1_to_L():
+    batch, seq_len, mask_id = 64, 12, 99
+    x0 = torch.randint(0, 50, (batch, seq_len))
+    prompt_len = torch.randint(0, 6, (batch,))
+    z, t, weight = draw_masks(x0, make_schedule("loglinear"), mask_id, "exact_count",
+                              generator=torch.Generator().manual_seed(0), prompt_len=prompt_len)
+    in_prompt = torch.arange(seq_len) < prompt_len[:, None]
+    assert torch.equal(z[in_prompt], x0[in_prompt])  # the prompt is never masked
+    n = (z == mask_id).sum(-1)
+    length = seq_len - prompt_len
+    assert ((n >= 1) & (n <= length)).all()
+    assert torch.allclose(weight, length.double() / n.double())
+    assert torch.allclose(t, (n.double() / length).float())
+    # antithetic: the batch's counts are evenly spread, so every count 1..L appears for L = 12
+    unprompted, _, _ = draw_masks(x0, make_schedule("loglinear"), mask_id, "exact_count",
+                                  generator=torch.Generator().manual_seed(1))
+    assert set((unprompted == mask_id).sum(-1).tolist()) == set(range(1, seq_len + 1))
+    with pytest.raises(ValueError, match="independent, exact_count"):
+        draw_masks(x0, make_schedule("loglinear"), mask_id, "bernoulli")

@@ -11,7 +11,7 @@ from conftest import Crash, StopAt, tiny_overrides
 from wandb_records import history_keys
 
 from fewstep.core.config import load_config
-from fewstep.errors import NonFiniteLossError, RunError
+from fewstep.errors import ConfigError, NonFiniteLossError, RunError
 from fewstep.model.model_dir import load_model_dir
 from fewstep.teacher.config import TeacherRunConfig
 from fewstep.teacher.run import train_teacher
@@ -105,3 +105,38 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+class Inputs(L.Callback):
+    """Records the (z, t) of every training forward of the teacher's denoiser."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        def hook(module, args):
+            if module.training:
+                self.seen.append((args[0].detach().clone(), args[1].detach().clone()))
+        pl_module.denoiser.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("masking", ["independent", "exact_count"])
+def test_the_teacher_trains_with_the_masking_its_config_names(tmp_path, masking):
+    inputs = Inputs()
+    cfg = cfg_for(tmp_path / "run", "trainer.max_steps=3", f"diffusion.masking={masking}",
+                  "logger.wandb.mode=disabled")
+    train_teacher(cfg, callbacks=[inputs])
+    assert len(inputs.seen) == 3
+    mask_id = load_model_dir(tmp_path / "run").denoiser.mask_id
+    for z, t in inputs.seen:
+        fraction = (z == mask_id).double().mean(-1)
+        if masking == "exact_count":  # exactly n masked, and the model's t is n / L
+            assert torch.allclose(fraction.float(), t) and (fraction > 0).all()
+        else:  # each position masked independently at a continuous t: the fraction is only near t
+            assert not torch.allclose(fraction.float(), t)
+
+
+def test_exact_count_with_a_time_conditioned_cosine_model_is_refused():
+    with pytest.raises(ConfigError, match="diffusion.masking=exact_count"):
+        load_config(TeacherRunConfig, None, ["diffusion.masking=exact_count", "model.time_conditioning=true",
+                                             "diffusion.noise_schedule=cosine"])

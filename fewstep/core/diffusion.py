@@ -8,6 +8,15 @@ The continuous-time NELBO with the SUBS parametrisation (Sahoo et al. 2024) is
 which for exact conditionals equals -log p(x) (it averages the chain rule over random orders).
 With a prompt (`prompt_len`, one per sequence), the prompt's positions are never masked and never
 counted: the same sum over the response's positions is -log p(response | prompt).
+
+For the loglinear schedule (and, as eps -> 0, for any schedule) the integral over t can be taken
+in closed form given the number n of masked tokens: the NELBO of a sequence of length L is
+
+    L * E_{n ~ Uniform{1..L}} [ (1 / n) * sum_{i in a uniformly random n-subset} -log p_theta(x_i | rest) ],
+
+the any-order autoregressive objective. `draw_masks(masking="exact_count")` estimates it that way:
+it masks exactly n positions with weight L / n instead of each position independently with weight
+1 / t, which removes the variance of how many positions a given t happens to mask.
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ __all__ = [
     "sample_t",
     "forward_process",
     "nelbo_per_position",
+    "masked_cross_entropy",
+    "draw_masks",
+    "MASKINGS",
     "response_mask",
     "subs_log_probs",
     "exclude_mask",
@@ -154,6 +166,18 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch
     return torch.where(revealed.unsqueeze(-1), copy, log_probs)
 
 
+def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, mask_id: int,
+                         prompt_len: torch.Tensor | None = None) -> torch.Tensor:
+    """-log p_theta(x0_i | z) at the masked positions of `z`, 0 elsewhere (and on the prompt's positions
+    when `prompt_len` is given, whatever `z` holds there); [batch, seq_len], at least float32."""
+    logits = exclude_mask(logits if logits.dtype == torch.float64 else logits.float(), mask_id)
+    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
+    counted = z == mask_id
+    if prompt_len is not None:
+        counted &= response_mask(prompt_len.to(z.device), z.shape[1])
+    return torch.where(counted, ce, torch.zeros_like(ce))
+
+
 def nelbo_per_position(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
                        schedule: NoiseSchedule, mask_id: int, prompt_len: torch.Tensor | None = None) -> torch.Tensor:
     """The NELBO integrand per position, [batch, seq_len]: weight(t) * CE on masked positions, 0 elsewhere
@@ -161,10 +185,45 @@ def nelbo_per_position(logits: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, 
 
     Its sum over positions, averaged over t, is the NELBO of each sequence (of its response) in nats.
     """
-    logits = exclude_mask(logits if logits.dtype == torch.float64 else logits.float(), mask_id)
-    ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
-    weight = schedule.weight(t.to(torch.float64)).to(ce.dtype).unsqueeze(-1)
-    counted = z == mask_id
-    if prompt_len is not None:
-        counted &= response_mask(prompt_len.to(z.device), z.shape[1])
-    return torch.where(counted, weight * ce, torch.zeros_like(ce))
+    ce = masked_cross_entropy(logits, x0, z, mask_id, prompt_len)
+    return schedule.weight(t.to(torch.float64)).to(ce.dtype).unsqueeze(-1) * ce
+
+
+MASKINGS = ("independent", "exact_count")
+
+
+def draw_masks(x0: torch.Tensor, schedule: NoiseSchedule, mask_id: int, masking: str = "independent",
+               antithetic: bool = True, generator: NoiseSource = None, prompt_len: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One draw of the NELBO's noise for a batch: (z, t, weight), weight [batch] float64, so that
+    `weight[:, None] * masked_cross_entropy(model(z, t), x0, z, mask_id)` summed over positions is an
+    unbiased estimate of each sequence's NELBO (of its response, with `prompt_len`).
+
+    "independent" (MDLM): t from `sample_t`, each position masked with probability 1 - alpha(t), weight
+    -alpha'(t) / (1 - alpha(t)). "exact_count": n ~ Uniform{1..L} (L = the response's length; evenly
+    spaced over the batch when `antithetic`), exactly n positions masked, uniformly at random, weight
+    L / n, and t = n / L (the loglinear time with that masked fraction, for time-conditioned models).
+    """
+    if masking == "independent":
+        t = sample_t(x0.shape[0], antithetic, generator=generator, device=x0.device)
+        z = forward_process(x0, t, schedule, mask_id, generator=generator, prompt_len=prompt_len)
+        return z, t, schedule.weight(t.to(torch.float64))
+    if masking != "exact_count":
+        raise ValueError(f"unknown masking {masking!r}; choose one of {', '.join(MASKINGS)}")
+    batch, seq_len = x0.shape
+    u = sample_t(batch, antithetic, t_min=0.0, generator=generator, device=x0.device).to(torch.float64)
+    if prompt_len is None:
+        length = torch.full((batch,), seq_len, device=x0.device, dtype=torch.long)
+        response = torch.ones_like(x0, dtype=torch.bool)
+    else:
+        length = seq_len - prompt_len.to(x0.device).long()
+        response = response_mask(prompt_len.to(x0.device), seq_len)
+    n = (u * length).floor().long().clamp(min=0) + 1
+    n = torch.minimum(n, length.clamp_min(1))
+    keys = uniform(x0.shape, generator, x0.device).masked_fill(~response, 2.0)  # the prompt ranks last
+    rank = keys.argsort(dim=-1).argsort(dim=-1)
+    masked = (rank < n.unsqueeze(-1)) & response
+    z = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    weight = length.clamp_min(1).to(torch.float64) / n.to(torch.float64)
+    t = (n.to(torch.float64) / length.clamp_min(1)).to(torch.float32)
+    return z, t, weight

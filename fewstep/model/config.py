@@ -37,12 +37,17 @@ class DiffusionConfig:
     noise_schedule: str = "loglinear"  # loglinear | linear | cosine
     eps: float = 1e-3  # keeps alpha(1) = eps > 0 ... and the weights finite
     antithetic: bool = True  # low-discrepancy t: one uniform offset, evenly spaced across the batch
+    # how training estimates the NELBO: independent = MDLM (each token masked with prob 1 - alpha(t),
+    # weight 1/t); exact_count = n ~ Uniform{1..L} tokens masked exactly, weight L/n (same objective)
+    masking: str = "independent"
 
     def __post_init__(self) -> None:
         if self.noise_schedule not in ("loglinear", "linear", "cosine"):
             raise ConfigError(
                 f"diffusion.noise_schedule={self.noise_schedule!r} is not one of loglinear, linear, cosine"
             )
+        if self.masking not in ("independent", "exact_count"):
+            raise ConfigError(f"diffusion.masking={self.masking!r} is not one of independent, exact_count")
 
 
 TEACHER_FAMILIES = ("auto", "fewstep", "masked_lm", "mdlm", "llada", "dream")

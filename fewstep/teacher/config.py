@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fewstep.data.config import DataConfig
+from fewstep.errors import ConfigError
 from fewstep.model.config import DiffusionConfig, ModelConfig
 from fewstep.training.config import LoggerConfig, OptimConfig, TrainerConfig
 
@@ -22,3 +23,12 @@ class TeacherRunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sample_steps: int = 64  # steps for the samples printed at the end of a run
     num_print_samples: int = 4
+
+    def __post_init__(self) -> None:
+        if (self.diffusion.masking == "exact_count" and self.model.time_conditioning
+                and self.diffusion.noise_schedule != "loglinear"):
+            raise ConfigError(
+                "diffusion.masking=exact_count gives a time-conditioned model the loglinear time of its masked "
+                f"fraction, which diffusion.noise_schedule={self.diffusion.noise_schedule} would not sample with; "
+                "use diffusion.noise_schedule=loglinear, model.time_conditioning=false, or masking=independent"
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from fewstep.core.diffusion import NoiseSchedule, forward_process, nelbo_per_position, sample_t
+from fewstep.core.diffusion import NoiseSchedule, draw_masks, masked_cross_entropy
 from fewstep.core.streams import NoiseSource, step_noise
 from fewstep.data.tokens import split_batch
 from fewstep.errors import NonFiniteLossError
@@ -19,7 +19,7 @@ __all__ = ["TeacherModule"]
 
 
 class TeacherModule(L.LightningModule):
-    """Trains `denoiser` on the NELBO; logs `train/nelbo`, `val/nelbo` and `val/nelbo_raw` in nats per token.
+    """Trains `denoiser` on the NELBO (estimated with `masking`, see `draw_masks`); logs `train/nelbo`, `val/nelbo` and `val/nelbo_raw` in nats per token.
 
     `val/nelbo` is the validation NELBO of the averaged weights (`ema`, a `SubmoduleEMA` of
     `denoiser`), `val/nelbo_raw` that of the weights the optimiser reached; without an EMA the two
@@ -30,7 +30,7 @@ class TeacherModule(L.LightningModule):
 
     def __init__(self, denoiser: Denoiser, schedule: NoiseSchedule, optim: OptimConfig, max_steps: int,
                  antithetic: bool = True, data_entropy: float | None = None, val_seed: int = 1234,
-                 seed: int = 0, ema: SubmoduleEMA | None = None) -> None:
+                 seed: int = 0, ema: SubmoduleEMA | None = None, masking: str = "independent") -> None:
         super().__init__()
         self.denoiser = denoiser
         self.ema = ema
@@ -38,6 +38,7 @@ class TeacherModule(L.LightningModule):
         self.optim = optim
         self.max_steps = max_steps
         self.antithetic = antithetic
+        self.masking = masking
         self.data_entropy = data_entropy
         self.val_seed = val_seed
         self.seed = seed
@@ -46,10 +47,10 @@ class TeacherModule(L.LightningModule):
               ) -> torch.Tensor:
         """Mean NELBO per token (nats) of a batch, one t per sequence; with `prompt_len`, per response token
         (the prompt is never masked and never counted)."""
-        t = sample_t(x0.shape[0], self.antithetic, generator=generator, device=x0.device)
-        z = forward_process(x0, t, self.schedule, self.denoiser.mask_id, generator=generator, prompt_len=prompt_len)
-        logits = self.denoiser(z, t)
-        per_position = nelbo_per_position(logits, x0, z, t, self.schedule, self.denoiser.mask_id, prompt_len)
+        mask_id = self.denoiser.mask_id
+        z, t, weight = draw_masks(x0, self.schedule, mask_id, self.masking, self.antithetic, generator, prompt_len)
+        ce = masked_cross_entropy(self.denoiser(z, t), x0, z, mask_id, prompt_len)
+        per_position = weight.to(ce.dtype).unsqueeze(-1) * ce
         if prompt_len is None:
             return per_position.mean()
         response_tokens = (x0.shape[1] - prompt_len).sum().clamp_min(1)

@@ -101,6 +101,7 @@ def _train(cfg: TeacherRunConfig, out_dir: Path, ckpt_path: Path | None, callbac
         cfg.optim,
         max_steps=cfg.trainer.max_steps,
         antithetic=cfg.diffusion.antithetic,
+        masking=cfg.diffusion.masking,
         data_entropy=data.stats.get("data_entropy_per_token"),
         seed=cfg.trainer.seed,
         ema=ema,
