@@ -71,3 +71,10 @@ def test_unknown_divergence_and_shape_errors():
         divergence("kl", torch.zeros(1, 3), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="differ"):
         divergence("tvd", torch.zeros(1, 3), torch.zeros(1, 4))
+
+
+def test_the_config_knows_every_divergence_by_name():
+    from fewstep.distillation.config import DIVERGENCE_NAMES
+    from fewstep.distillation.losses import DIVERGENCES
+
+    assert tuple(DIVERGENCES) == DIVERGENCE_NAMES

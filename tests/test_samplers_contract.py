@@ -185,3 +185,14 @@ def test_steps_that_reveal_nothing_cost_no_forward_pass(chain):
     assert every.nfe_per_sequence == 8 and skip.nfe_per_sequence < 8  # ...without the empty steps' forwards
     distinct = [z for i, z in enumerate(every_model.inputs) if i == 0 or not torch.equal(z, every_model.inputs[i - 1])]
     assert skip.nfe_per_sequence == len(distinct) == len(skip_model.inputs)
+
+
+def test_the_package_exports_every_schedule_and_each_name_resolves():
+    import fewstep.samplers as samplers
+    from fewstep.samplers import names, policies, presets, schedules
+
+    assert set(schedules.__all__) <= set(samplers.__all__)
+    assert all(getattr(samplers, name) is not None for name in samplers.__all__)
+    assert samplers.PRESETS is presets.PRESETS is names.PRESETS and policies.POLICY_NAMES is names.POLICY_NAMES
+    with pytest.raises(AttributeError):
+        samplers.NoSuchSampler  # noqa: B018

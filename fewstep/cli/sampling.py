@@ -1,7 +1,7 @@
 """The `--sampler/--policy/--schedule` options of `fewstep sample`, and sampling as they say.
 
-The command table adds these options only when `sample` is parsed or its help shown: their choices come from
-the samplers, which import torch, and `fewstep --help` must not."""
+Their choices come from `fewstep.samplers.names`, which needs no torch; sampling itself imports the samplers
+when it runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from fewstep.errors import RunError
+from fewstep.samplers.names import POLICY_NAMES, PRESETS, SCHEDULE_NAMES
 
 __all__ = [
     "add_sampler_options",
@@ -20,14 +21,6 @@ __all__ = [
 
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     """Add `--sampler`, `--policy`, `--schedule` and their parameters to `fewstep sample`."""
-    # lazy: the choices live with the samplers, which import torch; `fewstep --help` must not
-    from fewstep.samplers.policies import POLICY_NAMES
-
-    # lazy: (as above)
-    from fewstep.samplers.presets import PRESETS
-
-    # lazy: (as above)
-    from fewstep.samplers.schedules import SCHEDULE_NAMES
 
     parser.add_argument(
         "--sampler",

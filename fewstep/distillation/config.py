@@ -10,10 +10,8 @@ import math
 from dataclasses import dataclass, field
 
 from fewstep.data.config import DataConfig
-from fewstep.distillation.losses import DIVERGENCES
 from fewstep.errors import ConfigError, RunError
 from fewstep.model.config import LoraConfig, ModelConfig, TeacherSourceConfig
-from fewstep.samplers.presets import sampler_from_spec
 from fewstep.training.config import LoggerConfig, OptimConfig, RuntimeConfig
 
 __all__ = [
@@ -25,6 +23,21 @@ __all__ = [
     "EvalConfig",
     "DistillRunConfig",
 ]
+
+
+
+# the divergences of `fewstep.distillation.losses`, by name (here, so that reading a config needs no torch)
+DIVERGENCE_NAMES = ("kl_fwd", "kl_bwd", "jeffreys", "tvd", "mse")
+
+
+def _check_sampler(key: str, spec: str) -> None:
+    # lazy: the samplers import torch, and `fewstep distill --help` lists this config without it
+    from fewstep.samplers.presets import sampler_from_spec
+
+    try:
+        sampler_from_spec(spec, 8)
+    except RunError as error:
+        raise ConfigError(f"{key}={spec!r}: {error}") from error
 
 
 @dataclass
@@ -47,8 +60,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
 
-        if self.divergence not in DIVERGENCES:
-            raise ConfigError(f"loss.divergence={self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
+        if self.divergence not in DIVERGENCE_NAMES:
+            raise ConfigError(f"loss.divergence={self.divergence!r} is not one of {', '.join(DIVERGENCE_NAMES)}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"loss.dtype={self.dtype!r} is not one of float32, float64")
 
@@ -133,11 +146,7 @@ class TrajectoryConfig:
         if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
             raise ConfigError(f"trajectory.temperature={self.temperature} must be a finite number >= 0")
         if self.sampler not in ("auto", "ancestral"):
-
-            try:
-                sampler_from_spec(self.sampler, 8)
-            except RunError as error:
-                raise ConfigError(f"trajectory.sampler={self.sampler!r}: {error}") from error
+            _check_sampler("trajectory.sampler", self.sampler)
 
 
 @dataclass
@@ -171,11 +180,7 @@ class EvalConfig:
             raise ConfigError(f"eval.reference_steps={self.reference_steps} must be >= 0 (0 = the first round's "
                               "teacher steps)")
         if self.sampler != "ancestral":
-
-            try:
-                sampler_from_spec(self.sampler, 8)
-            except RunError as error:
-                raise ConfigError(f"eval.sampler={self.sampler!r}: {error}") from error
+            _check_sampler("eval.sampler", self.sampler)
 
 
 @dataclass

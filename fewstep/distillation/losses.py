@@ -60,7 +60,7 @@ def mse(log_p: torch.Tensor, log_q: torch.Tensor, support: torch.Tensor) -> torc
 
 DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
     "kl_fwd": kl_fwd, "kl_bwd": kl_bwd, "jeffreys": jeffreys, "tvd": tvd, "mse": mse,
-}
+}  # the config checks names against its DIVERGENCE_NAMES, and a test that they are these
 
 
 def divergence(name: str, target_logp: torch.Tensor, student_logits: torch.Tensor,

@@ -7,44 +7,32 @@
 Every step runs through `fewstep.kernels.token_stats`; MDLM's ancestral sampler is the preset
 `ancestral` (random order, MDLM's per-token reveal counts). `build_sampler` makes one by name (presets ancestral, dilated, llada, dream, fast-dllm, eb, learned); learned
 allocations and policy heads live in a model directory's `scheduler_config.json`.
+
+The names below load with their modules on first use, so that importing `fewstep.samplers.names`
+(the choices `fewstep sample --help` lists) does not import torch.
 """
 
-from fewstep.samplers import schedules
-from fewstep.samplers.policies import (
-    POLICY_NAMES,
-    DilatedPolicy,
-    EntropyBoundedPolicy,
-    Policy,
-    RandomPolicy,
-    StepContext,
-    ThresholdPolicy,
-    TopKPolicy,
-    make_policy,
-)
-from fewstep.samplers.policy_head import LearnedPolicy, PolicyHead
-from fewstep.samplers.presets import PRESETS, build_sampler
-from fewstep.samplers.sampler import SampleOutput, Sampler, StepRecord
-from fewstep.samplers.scheduler_config import load_learned, save_scheduler_config
-from fewstep.samplers.schedules import *  # noqa: F403 (exactly schedules.__all__, named once, there)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "SampleOutput",
-    "Sampler",
-    "StepRecord",
-    *schedules.__all__,  # every schedule, by the list that module keeps
-    "Policy",
-    "RandomPolicy",
-    "DilatedPolicy",
-    "TopKPolicy",
-    "ThresholdPolicy",
-    "EntropyBoundedPolicy",
-    "LearnedPolicy",
-    "PolicyHead",
-    "StepContext",
-    "make_policy",
-    "POLICY_NAMES",
-    "PRESETS",
-    "build_sampler",
-    "load_learned",
-    "save_scheduler_config",
-]
+_HOMES = {
+    **dict.fromkeys(("SampleOutput", "Sampler", "StepRecord"), "sampler"),
+    **dict.fromkeys(("Schedule", "NoiseCurveSchedule", "GeometricSchedule", "AllocationSchedule", "EvenSchedule",
+                     "DreamSchedule", "CapSchedule", "make_step_schedule", "curve_counts"), "schedules"),
+    **dict.fromkeys(("Policy", "RandomPolicy", "DilatedPolicy", "TopKPolicy", "ThresholdPolicy",
+                     "EntropyBoundedPolicy", "StepContext", "make_policy"), "policies"),
+    **dict.fromkeys(("LearnedPolicy", "PolicyHead"), "policy_head"),
+    **dict.fromkeys(("POLICY_NAMES", "SCHEDULE_NAMES", "PRESETS"), "names"),
+    "build_sampler": "presets",
+    **dict.fromkeys(("load_learned", "save_scheduler_config"), "scheduler_config"),
+}
+
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -14,6 +14,7 @@ import torch
 
 from fewstep.errors import RunError
 from fewstep.kernels import StepStats
+from fewstep.samplers.names import POLICY_NAMES
 
 __all__ = [
     "StepContext",
@@ -30,8 +31,6 @@ __all__ = [
     "confidence_of",
     "make_policy",
 ]
-
-POLICY_NAMES = ("random", "dilated", "confidence", "top1", "margin", "entropy", "threshold", "eb", "learned")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fewstep.errors import RunError
+from fewstep.samplers.names import PRESETS
 from fewstep.samplers.policies import POLICY_NAMES, Policy, make_policy
 from fewstep.samplers.policy_head import LearnedPolicy
 from fewstep.samplers.sampler import SampleOutput, Sampler
@@ -34,16 +35,6 @@ __all__ = [
     "spec_schedule",
 ]
 
-# preset -> (policy, schedule, statistics at, tie-break)
-PRESETS: dict[str, tuple[str, str, str, str]] = {
-    "ancestral": ("random", "ancestral", "sample", "random"),  # MDLM
-    "dilated": ("dilated", "loglinear", "sample", "random"),  # far-apart tokens first (DUS)
-    "llada": ("confidence", "even", "one", "first"),  # low-confidence remasking
-    "dream": ("entropy", "dream", "sample", "first"),
-    "fast-dllm": ("threshold", "cap", "one", "first"),
-    "eb": ("eb", "loglinear", "sample", "random"),
-    "learned": ("learned", "learned", "sample", "random"),  # both from scheduler_config.json
-}
 # what a spec's ":key=value,..." suffix may set, and its type
 SPEC_OPTIONS = {"block": int, "threshold": float, "gamma": float, "confidence": str, "stats": str, "ties": str}
 

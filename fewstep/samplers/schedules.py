@@ -21,6 +21,7 @@ import torch
 
 from fewstep.core.diffusion import make_schedule
 from fewstep.errors import RunError
+from fewstep.samplers.names import SCHEDULE_NAMES
 
 __all__ = [
     "Schedule",
@@ -34,8 +35,6 @@ __all__ = [
     "make_step_schedule",
     "curve_counts",
 ]
-
-SCHEDULE_NAMES = ("loglinear", "linear", "cosine", "geometric", "ancestral", "even", "dream", "cap")
 
 
 class Schedule:

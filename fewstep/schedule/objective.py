@@ -20,7 +20,13 @@ import torch
 
 from fewstep.data.tokens import TokenData
 from fewstep.errors import ConfigError
-from fewstep.evaluation.accuracy import AccuracyResult, Checker, evaluate_accuracy, reference_answers, responses_correct
+from fewstep.evaluation.accuracy import (
+    AccuracyResult,
+    Checker,
+    evaluate_accuracy,
+    reference_answers,
+    responses_correct,
+)
 from fewstep.evaluation.metrics import ENTROPY, EXACT_NLL, TEACHER_NELBO
 from fewstep.evaluation.quality import markov_quality, model_nelbo, unigram_entropy
 from fewstep.samplers.sampler import Sampler
