@@ -78,9 +78,9 @@ def test_the_pareto_front_and_aup_of_a_prompted_sweep():
     # higher accuracy is better: the teacher's fast row is beaten by the student's at the same speed
     assert pareto_front(rows, "accuracy") == [0, 2, 3]
     curves = aup_by_curve(rows)
-    assert curves[("teacher", "llada")] == pytest.approx(aup([1.0, 4.0], [95.0, 40.0], 95.0))
-    assert curves[("student", "llada")] == pytest.approx(aup([4.0, 8.0], [93.0, 91.0], 95.0))
-    assert curves[("student", "llada")] > curves[("teacher", "llada")]
+    assert curves[("teacher", "llada", 1.0)] == pytest.approx(aup([1.0, 4.0], [95.0, 40.0], 95.0))
+    assert curves[("student", "llada", 1.0)] == pytest.approx(aup([4.0, 8.0], [93.0, 91.0], 95.0))
+    assert curves[("student", "llada", 1.0)] > curves[("teacher", "llada", 1.0)]
 
 
 def test_tune_to_an_accuracy_target_keeps_at_least_the_ratio():

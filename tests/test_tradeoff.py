@@ -198,3 +198,47 @@ def test_summary_reports_batch_one_latency_against_the_autoregressive_model():
 
     table = summary_rows([row("teacher", 100.0, 10.0), row("autoregressive", 400.0, 80.0)])
     assert table[0]["x_ar"] == 0.25 and table[0]["x_ar_b1"] == 8.0 and table[0]["b1_ms"] == 10.0
+
+
+def test_bench_sweeps_extra_temperatures_as_curves_of_their_own(tiny_teacher, tmp_path):
+    cfg = BenchRunConfig(out_dir=str(tmp_path / "b"), models=[BenchModel("teacher", str(tiny_teacher))],
+                         steps=[2, 8], num_samples=8, repeats=1, extra_temperatures=[0.5, 1.0],
+                         logger=LoggerConfig(wandb=WandbConfig(mode="disabled")))
+    payload = run_bench(cfg, progress=False)
+    saved = json.loads((tmp_path / "b" / "tradeoff.json").read_text())
+    assert saved["temperature"] == payload["temperature"] == 1.0  # the sweep's own: tune's reference rows
+    assert [(r["temperature"], r["steps"]) for r in saved["rows"]] == [(1.0, 2), (1.0, 8), (0.5, 2), (0.5, 8)]
+    # the rows really sample at their temperature: the same seeds give other samples, with less entropy
+    hot, cold = saved["rows"][1]["quality"], saved["rows"][3]["quality"]
+    assert cold["entropy"] < hot["entropy"]
+    from fewstep.tradeoff.bench import summary_rows
+
+    assert [r["sampler"] for r in summary_rows(saved["rows"])] == ["ancestral, T=1"] * 2 + ["ancestral, T=0.5"] * 2
+    with pytest.raises(Exception, match="extra_temperatures holds -1"):
+        BenchRunConfig(models=cfg.models, extra_temperatures=[-1.0])
+
+
+def test_tune_takes_its_reference_at_the_sweeps_temperature_and_may_choose_another():
+    rows = [{**r, "temperature": 1.0} for r in HAND if r["model"] in ("teacher", "autoregressive")]
+    rows += [{**row("teacher", 128, 1.70, 4.6, 10.0), "temperature": 0.8},  # sharper: not the reference
+             {**row("teacher", 16, 2.06, 4.9, 80.0), "temperature": 0.8}]   # 16 steps within 5% at T=0.8
+    target = Target("gen_nll", "teacher", 128, 1.05, 0.95, reference_temperature=1.0)
+    chosen, ref = tune(rows, target)
+    assert ref["temperature"] == 1.0 and ref["quality"]["gen_nll"] == 2.00
+    assert (chosen["steps"], chosen["temperature"]) == (16, 0.8)
+    # without the sweep's temperature the sharper row can be taken for the reference, and the 16-step row misses
+    chosen, ref = tune(rows[2:] + rows[:2], Target("gen_nll", "teacher", 128, 1.05, 0.95))
+    assert ref["quality"]["gen_nll"] == 1.70 and chosen["steps"] == 128
+
+
+def test_tune_cli_exports_the_chosen_temperature(tiny_teacher, tmp_path):
+    export_model(tiny_teacher, tmp_path / "export")
+    rows = [{**r, "temperature": 1.0} for r in HAND] + [{**row("teacher", 4, 2.09, 4.8, 300.0), "temperature": 0.9}]
+    tradeoff = tmp_path / "tradeoff.json"
+    tradeoff.write_text(json.dumps({"task": "markov", "device": "cpu", "temperature": 1.0, "rows": rows}))
+    result = run_cli("tune", str(tradeoff), "--target", "gen_nll:1.05", "--reference", "teacher@128",
+                     "--export", str(tmp_path / "export"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "temperature 0.9) @ 4 steps" in result.stdout
+    generation = fewstep.load(tmp_path / "export").generation
+    assert (generation["steps"], generation["temperature"]) == (4, 0.9)

@@ -80,12 +80,16 @@ def _write_generation_settings(args: argparse.Namespace, chosen: dict[str, Any])
 def cmd_tune(args: argparse.Namespace) -> int:
     target = _target(args)
     metric = target.metric
-    rows = load_tradeoff(args.tradeoff)["rows"]
+    payload = load_tradeoff(args.tradeoff)
+    rows = payload["rows"]
+    if isinstance(payload.get("temperature"), (int, float)):  # the sweep's own; older files have one only
+        target.reference_temperature = float(payload["temperature"])
     chosen, ref = tune(rows, target)
     floor = entropy_reference_row(rows, target)
     print(f"reference {ref['model']} @ {ref['steps']} steps: {metric} {ref['quality'][metric]:.4f}; entropy floor "
           f"{args.min_entropy:g} x {floor['quality'][ENTROPY]:.4f} ({floor['model']} @ {floor['steps']} steps)")
-    print(f"chosen    {chosen['model']} ({chosen['sampler']}, {chosen['schedule']}) @ {chosen['steps']} steps: "
+    print(f"chosen    {chosen['model']} ({chosen['sampler']}, {chosen['schedule']}, temperature "
+          f"{chosen.get('temperature', 1.0):g}) @ {chosen['steps']} steps: "
           f"{metric} {chosen['quality'][metric]:.4f}, entropy {chosen['quality'][ENTROPY]:.4f}, "
           f"{chosen['tokens_per_s']:.0f} tokens/s ({chosen['tokens_per_s'] / ref['tokens_per_s']:.2f}x the reference)")
     if args.export:

@@ -1,4 +1,5 @@
-"""`fewstep bench`: sweep models x samplers x step counts; write tradeoff.json, pareto.png and a W&B run."""
+"""`fewstep bench`: sweep models x samplers x temperatures x step counts; write tradeoff.json, pareto.png and a
+W&B run."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from fewstep.tradeoff.pareto import (
     SampleFn,
     ar_row,
     aup_by_curve,
+    curve_label,
+    curve_of,
     log_wandb,
     measure,
     measure_prompted,
@@ -150,17 +153,17 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
         print("bench: the autoregressive baseline samples without prompts; on prompted data it is left out")
         evaluator = None
     temperature = cfg.temperature if cfg.temperature is not None else (0.0 if prompted else 1.0)
+    temperatures = [temperature, *(t for t in dict.fromkeys(cfg.extra_temperatures) if t != temperature)]
     jobs = []
     for name, model in loaded.items():
         for sampler in cfg.samplers:
             budgets = _budgets(name, model, sampler, cfg.steps)
-            if not budgets:
-                continue
             noise = model.meta.get("noise_schedule", "loglinear")
-            fn, schedule = sampler_fn(sampler, device, noise, model_dir=model.path, meta=model.meta,
-                                      temperature=temperature)
-            build = sampler_builder(sampler, noise, model.path, model.meta, temperature)
-            jobs += [(Candidate(name, model.denoiser, sampler, schedule, fn, build), n) for n in budgets]
+            for at in temperatures if budgets else []:
+                fn, schedule = sampler_fn(sampler, device, noise, model_dir=model.path, meta=model.meta,
+                                          temperature=at)
+                build = sampler_builder(sampler, noise, model.path, model.meta, at)
+                jobs += [(Candidate(name, model.denoiser, sampler, schedule, fn, build, at), n) for n in budgets]
     if not jobs:
         raise ConfigError(f"nothing to measure: no model has what the samplers {cfg.samplers} need")
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
@@ -169,7 +172,7 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
     rows = []
     bar = tqdm(total=len(jobs) + (1 if evaluator else 0), desc="trade-off sweep", disable=not progress)
     for candidate, steps in jobs:
-        bar.set_postfix_str(f"{candidate.model_name} {candidate.sampler} {steps} steps")
+        bar.set_postfix_str(f"{candidate.model_name} {candidate.sampler} T={candidate.temperature:g} {steps} steps")
         if prompted:
             rows.append(measure_prompted(candidate, steps, data, cfg.num_samples, cfg.seed, cfg.repeats))
         else:
@@ -183,13 +186,11 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
     bar.close()
 
     task = first.meta["data"]["source"]
-    for row in rows:
-        row.setdefault("temperature", 1.0 if row["model"] == "autoregressive" else temperature)
     curves = aup_by_curve(rows)
     for row in rows:  # each prompted row carries its curve's AUP (accuracy against tokens per forward)
-        if (row["model"], row["sampler"]) in curves:
-            row["quality"]["aup"] = curves[(row["model"], row["sampler"])]
-    write_tradeoff(out_dir / "tradeoff.json", task, device_name(device), rows)
+        if curve_of(row) in curves:
+            row["quality"]["aup"] = curves[curve_of(row)]
+    write_tradeoff(out_dir / "tradeoff.json", task, device_name(device), rows, temperature)
     png = plot_pareto(rows, out_dir / "pareto.png", title=f"{task}: speed / quality")
     mode = wandb_mode(cfg.logger)
     if mode != "disabled":
@@ -201,7 +202,7 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
             log_wandb(rows, png, run, artifact_dir=Path(cfg.export) if cfg.export else None)
         finally:
             run.finish()
-    return {"task": task, "device": device_name(device), "rows": rows}
+    return {"task": task, "device": device_name(device), "temperature": temperature, "rows": rows}
 
 
 def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> list[dict[str, Any]]:
@@ -215,7 +216,7 @@ def summary_rows(rows: list[dict[str, Any]], reference: str | None = None) -> li
     front = set(pareto_front(rows, key))
     out = []
     for i, r in enumerate(rows):
-        row = {"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"]}
+        row = {"model": r["model"], "sampler": curve_label(r, rows), "steps": r["steps"], "nfe": r["nfe"]}
         if "accuracy" in r["quality"]:
             row["tpf"] = r["tokens_per_forward"]  # response tokens per forward pass
         for metric in ("accuracy", "aup", "exact_nll", "gen_nll", "teacher_nelbo", "entropy", "invalid_rate",

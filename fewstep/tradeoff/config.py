@@ -31,6 +31,9 @@ class BenchRunConfig:
     repeats: int = 3  # timing is the median over repeats
     # sampling temperature; None = 0 on prompted data (greedy, as the reference evaluations answer), else 1
     temperature: float | None = None
+    # more temperatures to sweep, each a curve of its own beside `temperature`'s (e.g. [0.9, 0.8]): a few-step
+    # sampler's extra entropy is often cheaper to take back with a temperature than by distilling
+    extra_temperatures: list[float] = field(default_factory=list)
     seed: int = 0
     device: str = "auto"
     export: str | None = None  # a model directory to attach to the W&B run as an artifact
@@ -43,3 +46,6 @@ class BenchRunConfig:
             raise ConfigError("num_samples and repeats must be at least 1")
         if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
             raise ConfigError(f"temperature={self.temperature} must be a finite number >= 0")
+        for extra in self.extra_temperatures:
+            if not 0.0 <= extra < float("inf"):
+                raise ConfigError(f"extra_temperatures holds {extra}; each must be a finite number >= 0")

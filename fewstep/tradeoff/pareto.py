@@ -37,6 +37,8 @@ __all__ = [
     "ar_row",
     "pareto_front",
     "aup_by_curve",
+    "curve_of",
+    "curve_label",
     "write_tradeoff",
     "plot_pareto",
     "log_wandb",
@@ -57,6 +59,20 @@ class Candidate:
     schedule: str
     sample: SampleFn
     build: Callable[[int], Any] | None = None  # steps -> the Sampler itself (prompted rows sample through it)
+    temperature: float = 1.0  # what `sample` and `build` sample at (the row records it)
+
+
+def curve_of(row: dict[str, Any]) -> tuple[str, str, float]:
+    """The curve a row belongs to: its model, its sampler and its temperature."""
+    return row["model"], row["sampler"], float(row.get("temperature", 1.0))
+
+
+def curve_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A row's sampler, with ", T=0.9" when the diffusion rows of `rows` have more than one temperature."""
+    temperatures = {curve_of(r)[2] for r in rows if r["model"] != "autoregressive"}
+    if len(temperatures) > 1 and row["model"] != "autoregressive":
+        return f"{row['sampler']}, T={curve_of(row)[2]:g}"
+    return row["sampler"]
 
 
 def python_lines_ok(texts: list[str]) -> float:
@@ -113,7 +129,7 @@ def measure(candidate: Candidate, steps: int, data: Any, num_samples: int, seed:
     single = [candidate.sample(candidate.model, 1, seq_len, steps, seed + r)[2] for r in range(max(3, repeats))]
     return {
         "model": candidate.model_name, "sampler": candidate.sampler, "schedule": candidate.schedule,
-        "steps": steps, "nfe": float(nfe), "tokens_per_forward": seq_len / max(nfe, 1e-9),
+        "temperature": candidate.temperature, "steps": steps, "nfe": float(nfe), "tokens_per_forward": seq_len / max(nfe, 1e-9),
         "tokens_per_s": num_samples * seq_len / seconds, "latency_ms": 1000.0 * seconds,
         "latency_b1_ms": 1000.0 * sorted(single)[len(single) // 2],
         "batch_size": num_samples, "quality": sample_quality_row(tokens, data, evaluator),
@@ -145,7 +161,7 @@ def measure_prompted(candidate: Candidate, steps: int, data: Any, num_prompts: i
     single = sorted(run(slice(0, 1), seed + r).seconds for r in range(max(3, repeats)))
     return {
         "model": candidate.model_name, "sampler": candidate.sampler, "schedule": candidate.schedule,
-        "steps": steps, "nfe": float(first.nfe), "tokens_per_forward": first.tokens_per_forward,
+        "temperature": candidate.temperature, "steps": steps, "nfe": float(first.nfe), "tokens_per_forward": first.tokens_per_forward,
         "tokens_per_s": first.response_tokens / seconds, "latency_ms": 1000.0 * seconds,
         "latency_b1_ms": 1000.0 * single[len(single) // 2], "batch_size": count,
         "quality": {"accuracy": first.accuracy, "answer_tokens_per_forward": first.answer_tokens_per_forward,
@@ -162,7 +178,8 @@ def ar_row(evaluator: Any, data: Any, num_samples: int, seed: int, repeats: int 
     single = sorted(ar_sample(evaluator, 1, seq_len, seed=seed + r, exclude=data.mask_id)[1]
                     for r in range(max(3, repeats)))
     return {
-        "model": "autoregressive", "sampler": "kv-cache", "schedule": "left-to-right", "steps": seq_len,
+        "model": "autoregressive", "sampler": "kv-cache", "schedule": "left-to-right", "temperature": 1.0,
+        "steps": seq_len,
         "nfe": float(seq_len), "tokens_per_forward": 1.0, "tokens_per_s": num_samples * seq_len / seconds,
         "latency_ms": 1000.0 * seconds, "latency_b1_ms": 1000.0 * single[len(single) // 2],
         "batch_size": num_samples,
@@ -184,29 +201,30 @@ def pareto_front(rows: list[dict[str, Any]], key: str) -> list[int]:
     return front
 
 
-def aup_by_curve(rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
-    """d3LLM's AUP of each (model, sampler) curve of accuracy against tokens per forward, with y_max the
-    best accuracy of the whole sweep (one scale for the table)."""
+def aup_by_curve(rows: list[dict[str, Any]]) -> dict[tuple[str, str, float], float]:
+    """d3LLM's AUP of each curve (`curve_of`: model, sampler, temperature) of accuracy against tokens per
+    forward, with y_max the best accuracy of the whole sweep (one scale for the table)."""
 
     prompted = [r for r in rows if "accuracy" in r["quality"]]
     if not prompted:
         return {}
     y_max = 100.0 * max(r["quality"]["accuracy"] for r in prompted)
-    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    curves: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in prompted:
-        curves.setdefault((r["model"], r["sampler"]), []).append(r)
+        curves.setdefault(curve_of(r), []).append(r)
     return {curve: aup([r["tokens_per_forward"] for r in members], [100.0 * r["quality"]["accuracy"] for r in members],
                        y_max)
             for curve, members in curves.items()}
 
 
-def write_tradeoff(path: Path, task: str, device: str, rows: list[dict[str, Any]]) -> None:
-    payload = {"task": task, "device": device, "rows": rows}
+def write_tradeoff(path: Path, task: str, device: str, rows: list[dict[str, Any]], temperature: float = 1.0) -> None:
+    """The rows, with the sweep's own `temperature` (the one `fewstep tune` takes its reference rows at)."""
+    payload = {"task": task, "device": device, "temperature": temperature, "rows": rows}
     atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Quality against tokens/s, one series per model, the Pareto front marked, entropy as labels."""
+    """Quality against tokens/s, one series per model and `curve_label`, the Pareto front marked, entropy as labels."""
     from matplotlib.figure import (
         Figure,  # lazily: matplotlib stays out of start-up; no pyplot, no backend switch
     )
@@ -217,7 +235,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
     ax = fig.subplots()
     series: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
-        series.setdefault(f"{row['model']} ({row['sampler']})", []).append(i)
+        series.setdefault(f"{row['model']} ({curve_label(row, rows)})", []).append(i)
     for label, indices in series.items():
         indices = sorted(indices, key=lambda i: rows[i]["tokens_per_s"])
         xs = [rows[i]["tokens_per_s"] for i in indices]
@@ -247,17 +265,17 @@ def log_wandb(rows: list[dict[str, Any]], pareto_png: Path, run: Any, artifact_d
     import wandb
 
     key = quality_key(rows)
-    columns = ["model", "sampler", "schedule", "steps", "nfe", "tokens_per_s", "latency_ms", "latency_b1_ms", key,
-               "entropy"]
+    columns = ["model", "sampler", "schedule", "steps", "temperature", "nfe", "tokens_per_s", "latency_ms",
+               "latency_b1_ms", key, "entropy"]
     table = wandb.Table(columns=columns, data=[
-        [r["model"], r["sampler"], r["schedule"], r["steps"], r["nfe"], r["tokens_per_s"], r["latency_ms"],
-         r.get("latency_b1_ms"), r["quality"][key], r["quality"]["entropy"]] for r in rows])
+        [r["model"], r["sampler"], r["schedule"], r["steps"], curve_of(r)[2], r["nfe"], r["tokens_per_s"],
+         r["latency_ms"], r.get("latency_b1_ms"), r["quality"][key], r["quality"]["entropy"]] for r in rows])
     logged: dict[str, Any] = {f"{prefix}/table": table, f"{prefix}/pareto": wandb.Image(str(pareto_png))}
     for model in sorted({r["model"] for r in rows}):
         sub = [r for r in rows if r["model"] == model]
-        # one line per sampler of this model
+        # one line per sampler (and temperature, when the sweep has several) of this model
         sub_table = wandb.Table(columns=["sampler", "steps", key],
-                                data=[[r["sampler"], r["steps"], r["quality"][key]] for r in sub])
+                                data=[[curve_label(r, rows), r["steps"], r["quality"][key]] for r in sub])
         logged[f"{prefix}/{model}/{key}_vs_steps"] = wandb.plot.line(
             sub_table, "steps", key, stroke="sampler", title=f"{model}: {key} against steps, per sampler")
     run.log(logged)

@@ -30,6 +30,9 @@ class Target:
     min_entropy_ratio: float = 0.95
     reference_sampler: str = "ancestral"  # the reference row's sampler, when the sweep has several
     speed_tolerance: float = 0.1  # rows within this fraction of the fastest are equally fast: better quality wins
+    # the reference rows' temperature: the sweep's own (tradeoff.json's "temperature"), whatever else it swept;
+    # None = any (a sweep at one temperature)
+    reference_temperature: float | None = None
 
 
 def load_tradeoff(path: str | Path) -> dict[str, Any]:
@@ -72,6 +75,9 @@ def _shape_problem(payload: Any) -> str | None:
                 return f"row {index} has no {key!r}"
             if isinstance(value, bool) or not isinstance(value, types):
                 return f"row {index}: {key!r} is {json.dumps(value)[:60]}, expected {what}"
+        temperature = row.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            return f"row {index}: 'temperature' is {json.dumps(temperature)[:60]}, expected a number"
         quality = row["quality"]
         if "entropy" not in quality:
             return f"row {index}: 'quality' has no 'entropy'"
@@ -81,9 +87,16 @@ def _shape_problem(payload: Any) -> str | None:
     return None
 
 
+def _at_reference_temperature(rows: list[dict[str, Any]], target: Target) -> list[dict[str, Any]]:
+    if target.reference_temperature is None:
+        return rows
+    return [r for r in rows if float(r.get("temperature", 1.0)) == target.reference_temperature]
+
+
 def reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
     """The row the target is relative to: the reference model at its steps, with the reference sampler if run."""
-    reference = [r for r in rows if r["model"] == target.reference_model and r["steps"] == target.reference_steps]
+    reference = [r for r in _at_reference_temperature(rows, target)
+                 if r["model"] == target.reference_model and r["steps"] == target.reference_steps]
     if not reference:
         have = sorted({f"{r['model']}@{r['steps']}" for r in rows})
         raise RunError(f"no row for the reference {target.reference_model}@{target.reference_steps}; rows: "
@@ -94,7 +107,7 @@ def reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
 def entropy_reference_row(rows: list[dict[str, Any]], target: Target) -> dict[str, Any]:
     """The row the entropy floor is relative to: the reference model at its most steps (with the reference sampler
     if it was run), i.e. its own many-step samples."""
-    own = [r for r in rows if r["model"] == target.reference_model]
+    own = [r for r in _at_reference_temperature(rows, target) if r["model"] == target.reference_model]
     if not own:
         reference_row(rows, target)  # raises, naming the rows there are
     same = [r for r in own if r.get("sampler") == target.reference_sampler] or own
