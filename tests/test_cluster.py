@@ -49,6 +49,22 @@ def test_global_batches_are_shared_out_and_resume_mid_epoch():
         whole.set_process(0, 3)
 
 
+def test_validation_batches_sample_the_whole_held_out_split_the_same_way_each_time():
+    from fewstep.data.loader import eval_loader
+
+    tokens = torch.arange(473).unsqueeze(-1).repeat(1, 4)  # row i holds i: rows in file (document) order
+    loader, _ = eval_loader(tokens, 32)
+    first_eight = torch.cat([batch[:, 0] for _, batch in zip(range(8), loader)])
+    assert len(set(first_eight.tolist())) == 256
+    # drawn from all of it, not the first 256 rows (the first documents)
+    assert (first_eight >= 256).sum() > 60 and (first_eight < 100).sum() > 20
+    again, _ = eval_loader(tokens, 32)
+    assert torch.equal(torch.cat([b[:, 0] for b in again]), torch.cat([b[:, 0] for b in loader]))
+    with_prompts, _ = eval_loader(tokens, 32, prompt_len=torch.arange(473) % 3)
+    rows, lengths = next(iter(with_prompts))
+    assert torch.equal(lengths, rows[:, 0] % 3)  # a row keeps its own prompt length
+
+
 def test_cluster_layers_merge_over_the_recipe():
     cfg = load_config(DistillRunConfig, ["distill/markov", "cluster/fsdp"], ["teacher.path=t", "trainer.num_nodes=4"])
     assert (cfg.trainer.strategy, cfg.trainer.num_nodes, cfg.trainer.precision) == ("fsdp", 4, "bf16-mixed")

@@ -90,10 +90,19 @@ class _EvalProcess(L.Callback):
         self.sampler.set_process(trainer.global_rank, world)
 
 
+# the held-out rows' order: one fixed permutation, whatever the run's seed
+HELD_OUT_SEED = 20_241_207
+
+
 def eval_loader(tokens: torch.Tensor, global_batch: int, num_workers: int = 0,
                 prompt_len: torch.Tensor | None = None) -> tuple[DataLoader, Any]:
-    """An in-order validation loader (full batches only, shared over processes) and its callback; with
-    `prompt_len`, batches of `(tokens, prompt_len)`."""
-    sampler = GlobalBatchSampler(len(tokens), min(global_batch, len(tokens)), shuffle=False)
+    """A validation loader (full batches only, shared over processes) and its callback; with `prompt_len`,
+    batches of `(tokens, prompt_len)`.
+
+    The rows come in one fixed shuffled order, the same at every validation and in every run, so that
+    the first `trainer.val_batches` batches are a sample of the whole held-out split. In file order they
+    would be its first documents only (on `stdlib`, 256 of 473 rows from the least predictable modules).
+    """
+    sampler = GlobalBatchSampler(len(tokens), min(global_batch, len(tokens)), seed=HELD_OUT_SEED)
     loader = DataLoader(TokenDataset(tokens, prompt_len), batch_sampler=sampler, num_workers=num_workers)
     return loader, _EvalProcess(sampler)

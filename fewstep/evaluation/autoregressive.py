@@ -27,6 +27,7 @@ from fewstep.core.config import save_config
 from fewstep.core.io import atomic_replace_dir, atomic_write_text
 from fewstep.core.ownership import input_paths
 from fewstep.data.sources import build_data
+from fewstep.data.loader import eval_loader
 from fewstep.data.tokens import make_loader
 from fewstep.errors import ModelError, NonFiniteLossError
 from fewstep.evaluation.config import EvaluatorModelConfig, EvaluatorRunConfig
@@ -116,6 +117,7 @@ def _train_evaluator(cfg: EvaluatorRunConfig, out_dir: Path, ckpt: Path | None) 
         model = _gpt2(cfg.model, len(data.tokenizer), data.train.shape[1], data.mask_id)
     save_config(cfg, out_dir / "config.yaml")  # only now: every check has passed
     module = ARModule(model, data.mask_id, cfg.optim, cfg.trainer.max_steps)
+    val_loader, val_process = eval_loader(data.val, cfg.trainer.batch_size)  # the teacher's held-out sample
     trainer = L.Trainer(
         max_steps=cfg.trainer.max_steps,
         max_time=timedelta(minutes=cfg.trainer.max_minutes) if cfg.trainer.max_minutes > 0 else None,
@@ -127,15 +129,15 @@ def _train_evaluator(cfg: EvaluatorRunConfig, out_dir: Path, ckpt: Path | None) 
         log_every_n_steps=cfg.trainer.log_every, enable_progress_bar=cfg.trainer.progress,
         enable_model_summary=False, num_sanity_val_steps=0, logger=make_loggers(cfg.logger, out_dir, "evaluator", cfg),
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
-                                                       save_top_k=0, enable_version_counter=False)],
+                                                       save_top_k=0, enable_version_counter=False), val_process],
         plugins=[AtomicCheckpointIO()], default_root_dir=str(out_dir),
     )
     start = time.perf_counter()
     with expected_warnings():
         trainer.fit(module, make_loader(data.train, cfg.trainer.batch_size, True, cfg.trainer.seed),
-                    make_loader(data.val, cfg.trainer.batch_size, False), ckpt_path=str(ckpt) if ckpt else None)
+                    val_loader, ckpt_path=str(ckpt) if ckpt else None)
         if trainer.global_step % cfg.trainer.val_every:  # stopped between validations (max_steps or max_minutes)
-            trainer.validate(module, make_loader(data.val, cfg.trainer.batch_size, False), verbose=False)
+            trainer.validate(module, val_loader, verbose=False)
     finish_loggers(trainer)
     val = float(trainer.callback_metrics.get("val/nll", float("nan")))
 
