@@ -19,7 +19,8 @@ __all__ = ["TeacherModule"]
 
 
 class TeacherModule(L.LightningModule):
-    """Trains `denoiser` on the NELBO (estimated with `masking`, see `draw_masks`); logs `train/nelbo`, `val/nelbo` and `val/nelbo_raw` in nats per token.
+    """Trains `denoiser` on the NELBO (estimated as `masking` says: `draw_masks`); logs `train/nelbo`,
+    `val/nelbo` and `val/nelbo_raw` in nats per token.
 
     `val/nelbo` is the validation NELBO of the averaged weights (`ema`, a `SubmoduleEMA` of
     `denoiser`), `val/nelbo_raw` that of the weights the optimiser reached; without an EMA the two
