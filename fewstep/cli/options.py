@@ -46,7 +46,9 @@ def add_tune_options(tune: argparse.ArgumentParser) -> None:
     tune.add_argument("--target", required=True, metavar="METRIC:RATIO",
                       help=f"e.g. {GEN_NLL}:1.05 or {EXACT_NLL}:1.05 (a loss: at most RATIO x the reference's), "
                            f"or {ACCURACY}:0.99 on a prompt set (at least RATIO x the reference's)")
-    tune.add_argument("--reference", required=True, metavar="MODEL@STEPS", help="the reference row, e.g. teacher@128")
+    tune.add_argument("--reference", required=True, metavar="MODEL@STEPS",
+                      help="the reference row, e.g. teacher@128, at the bench's own temperature (rows at its "
+                           "extra_temperatures may be chosen, not be the reference)")
     tune.add_argument("--min-entropy", type=float, default=0.95,
                       help="entropy at least this fraction of the reference's (default 0.95)")
     tune.add_argument("--speed-tolerance", type=float, default=0.1,
