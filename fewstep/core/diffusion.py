@@ -218,12 +218,10 @@ def draw_masks(x0: torch.Tensor, schedule: NoiseSchedule, mask_id: int, masking:
     else:
         length = seq_len - prompt_len.to(x0.device).long()
         response = response_mask(prompt_len.to(x0.device), seq_len)
-    n = (u * length).floor().long().clamp(min=0) + 1
-    n = torch.minimum(n, length.clamp_min(1))
+    span = length.clamp_min(1).to(torch.float64)  # an empty response: nothing can be masked, weight 1
+    n = torch.minimum((u * length).floor() + 1, span)  # u in [0, 1): n in 1..L
     keys = uniform(x0.shape, generator, x0.device).masked_fill(~response, 2.0)  # the prompt ranks last
     rank = keys.argsort(dim=-1).argsort(dim=-1)
     masked = (rank < n.unsqueeze(-1)) & response
     z = torch.where(masked, torch.full_like(x0, mask_id), x0)
-    weight = length.clamp_min(1).to(torch.float64) / n.to(torch.float64)
-    t = (n.to(torch.float64) / length.clamp_min(1)).to(torch.float32)
-    return z, t, weight
+    return z, (n / span).to(torch.float32), span / n

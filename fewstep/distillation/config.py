@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 
-
 # the divergences of `fewstep.distillation.losses`, by name (here, so that reading a config needs no torch)
 DIVERGENCE_NAMES = ("kl_fwd", "kl_bwd", "jeffreys", "tvd", "mse")
 

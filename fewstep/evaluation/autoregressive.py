@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from fewstep.core.config import save_config
 from fewstep.core.io import atomic_replace_dir, atomic_write_text
 from fewstep.core.ownership import input_paths
-from fewstep.data.sources import build_data
 from fewstep.data.loader import eval_loader
+from fewstep.data.sources import build_data
 from fewstep.data.tokens import make_loader
 from fewstep.errors import ModelError, NonFiniteLossError
 from fewstep.evaluation.config import EvaluatorModelConfig, EvaluatorRunConfig

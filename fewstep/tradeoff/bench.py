@@ -158,8 +158,10 @@ def _bench(cfg: BenchRunConfig, out_dir: Path, device: torch.device, progress: b
     for name, model in loaded.items():
         for sampler in cfg.samplers:
             budgets = _budgets(name, model, sampler, cfg.steps)
+            if not budgets:
+                continue
             noise = model.meta.get("noise_schedule", "loglinear")
-            for at in temperatures if budgets else []:
+            for at in temperatures:
                 fn, schedule = sampler_fn(sampler, device, noise, model_dir=model.path, meta=model.meta,
                                           temperature=at)
                 build = sampler_builder(sampler, noise, model.path, model.meta, at)
