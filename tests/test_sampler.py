@@ -106,6 +106,20 @@ def test_the_step_draw_matches_softmax_and_its_tail():
     assert torch.allclose(freq, probs[top], atol=4 * (probs[top] / 100_000).sqrt().max().item() + 1e-4)
 
 
+def test_the_draw_never_lands_past_the_last_token_with_weight():
+    """A uniform next to 1 rounds the draw's target up to the row's total, where the cumulative sums no
+    longer rise: over trailing zero-probability tokens and a whole zero-probability block (300 tokens,
+    blocks of 128, tokens 200-299 at -inf) the draw must be the last token with weight, not one past."""
+    logits = torch.zeros(300)
+    logits[200:] = -float("inf")
+    top = torch.tensor([1 - 2.0**-53, 1 - 2.0**-52, 1 - 1e-12, 0.0], dtype=torch.float64)
+    draws = draw_tokens(logits.expand(4, -1), top)
+    assert draws.tolist()[:3] == [199, 199, 199] and draws[3] == 0
+    u = torch.rand(30_000, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(draw_tokens(logits.expand(30_000, -1), u), minlength=300).double()
+    assert freq[200:].sum() == 0 and freq[:200].min() > 0
+
+
 def test_float64_gumbel_frequencies_match_softmax():
     logits = torch.tensor([2.0, 0.5, -1.0, -float("inf"), 0.0])
     generator = torch.Generator().manual_seed(0)
