@@ -11,7 +11,9 @@ Reports the teacher's validation NELBO (the exported weights: raw or EMA, whiche
 the AR model's validation NLL, their ratio (the issue's bound: at most 1.15), the steps each took, and
 on `markov` the data's exact entropy per token. Both are nats per token of the same tokenisation; the
 NELBO is an upper bound on the diffusion model's NLL. Writes `<out>/budget.json`, prints a table.
-`key=value` overrides apply to both runs (data.*, trainer.*).
+`key=value` overrides apply to both runs (data.*, trainer.*); one prefixed `ar.` applies to the evaluator
+only, after them (`ar.trainer.max_steps=580` gives each model an LR plan that ends inside the budget:
+set each to the steps it reaches in `--minutes`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fewstep.teacher.config import TeacherRunConfig
 from fewstep.teacher.run import train_teacher
 
 SHARED = ("data.", "trainer.")  # overrides that apply to both runs
+AR_ONLY = "ar."  # the prefix of an override for the evaluator alone
 
 
 def flatten(prefix: str, value: object) -> list[str]:
@@ -46,7 +49,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("teacher", help="teacher config (file or shipped name)")
     parser.add_argument("evaluator", help="evaluator config (file or shipped name)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides (data.*, trainer.* apply to both)")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides (data.*, trainer.* apply to both; ar.KEY=VALUE to the evaluator only)")
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock training budget of each model")
     parser.add_argument("--out", required=True, help="benchmark directory (a finished run is reused)")
     args = parser.parse_intermixed_args()
@@ -54,7 +58,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     budget = [f"trainer.max_minutes={args.minutes}", "logger.wandb.mode=disabled", "trainer.progress=false"]
-    teacher_cfg = load_config(TeacherRunConfig, args.teacher, [f"out_dir={out / 'teacher'}", *budget, *args.overrides])
+    ar_only = [o.removeprefix(AR_ONLY) for o in args.overrides if o.startswith(AR_ONLY)]
+    overrides = [o for o in args.overrides if not o.startswith(AR_ONLY)]
+    teacher_cfg = load_config(TeacherRunConfig, args.teacher, [f"out_dir={out / 'teacher'}", *budget, *overrides])
     result = train_teacher(teacher_cfg)
     data = asdict(teacher_cfg.data)
     if data["source"] not in ("markov", "anagram"):
@@ -64,7 +70,7 @@ def main() -> int:
     evaluator_cfg = load_config(EvaluatorRunConfig, args.evaluator, [
         f"out_dir={out / 'evaluator'}", *flatten("data", data), *same_size, *budget,
         f"trainer.val_batches={teacher_cfg.trainer.val_batches}",
-        *[o for o in args.overrides if o.startswith(SHARED)]])
+        *[o for o in overrides if o.startswith(SHARED)], *ar_only])
     ar = train_evaluator(evaluator_cfg)
     row = {
         "source": data["source"], "minutes": args.minutes, "parameters": result.num_parameters,
