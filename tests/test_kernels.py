@@ -277,6 +277,40 @@ def test_statistics_match_a_direct_computation():
     torch.testing.assert_close(out.margin, (top[..., 0] - top[..., 1]).float())
 
 
+@pytest.mark.parametrize("mask_logit", [None, 120.0, 3.0, -math.inf])
+@pytest.mark.parametrize("temperature, stats_temperature", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.7), (0.7, 1.0)])
+def test_torch_statistics_exclude_the_mask_whatever_its_logit(mask_logit, temperature, stats_temperature):
+    """The CPU path normalises a softmax over the whole row after dropping the mask token; a mask logit
+    that dominates the row (120 here: the rest would underflow) takes the exact route. Against float64 over the row without the mask,
+    at a vocabulary of whole and partial blocks, with impossible (-inf) tokens in the rows."""
+    from fewstep.kernels.stats import torch_token_stats
+
+    gen = torch.Generator().manual_seed(3)
+    for vocab, mask_id in ((300, 299), (300, 130), (256, 0)):
+        logits = torch.randn(3, 5, vocab, generator=gen) * 3
+        logits[0, 0, :7] = -math.inf
+        if mask_logit is not None:
+            logits[..., mask_id] = mask_logit
+        rows = torch.ones(3, 5, dtype=torch.bool)
+        rows[1, 2] = False
+        uniform = torch.rand(3, 5, generator=gen, dtype=torch.float64)
+        out = torch_token_stats(logits, rows, uniform, mask_id, temperature, stats_temperature)
+        keep = torch.ones(vocab, dtype=torch.bool)
+        keep[mask_id] = False
+        p = torch.softmax(logits.double()[..., keep] / stats_temperature, -1)
+        ids = torch.arange(vocab)[keep]
+        argmax = ids[p.argmax(-1)]
+        assert torch.equal(out.argmax[rows], argmax[rows])
+        assert (out.proposal[rows] != mask_id).all()
+        index = torch.searchsorted(ids, out.proposal.clamp_min(0)).clamp_max(vocab - 2)  # ~rows: unused
+        top = p.topk(2, -1).values
+        entropy = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)
+        for got, want in ((out.confidence, top[..., 0]), (out.margin, top[..., 0] - top[..., 1]),
+                          (out.sampled_prob, p.gather(-1, index[..., None])[..., 0]), (out.entropy, entropy)):
+            torch.testing.assert_close(got[rows].double(), want[rows], rtol=2e-5, atol=1e-6)
+        assert (out.proposal[~rows] == mask_id).all()
+
+
 @pytest.mark.parametrize("bad, error, match", [
     ({"logits": torch.zeros(2, 3, 10, dtype=torch.float64)}, TypeError, "float32, float16 or bfloat16"),
     ({"logits": torch.zeros(2, 3, 10, dtype=torch.int64)}, TypeError, "float32, float16 or bfloat16"),

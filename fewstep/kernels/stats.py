@@ -91,36 +91,63 @@ def _unstick(index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return index
 
 
+def _subs_softmax(x: torch.Tensor, inv_t: float, mask_id: int | None, scratch: torch.Tensor,
+                  out: torch.Tensor) -> torch.Tensor:
+    """softmax(x / T) over each row of x [n, V] into `out` (float32), the mask token's entry then set to
+    0: SUBS's distribution up to its normaliser (the row's sum), which the caller divides by. Torch's fused
+    kernel makes one vectorised pass for the maximum and one for exp and its sum per row, where separate
+    subtract, exp and sum ops would each stream the rows through memory. Rows where the mask token holds
+    most of the mass, whose other weights could underflow, are recomputed without it. `scratch` takes
+    x / T (or x cast to float32)."""
+    source = x
+    if inv_t != 1.0:
+        source = torch.mul(x, inv_t, out=scratch)
+    elif x.dtype != torch.float32:
+        source = scratch.copy_(x)
+    torch.ops.aten._softmax.out(source, -1, False, out=out)
+    if mask_id is not None:
+        heavy = (out[:, mask_id] > 0.5).nonzero().squeeze(1)
+        if len(heavy):
+            rows = x[heavy].to(torch.float32) * inv_t
+            rows[:, mask_id] = -math.inf
+            out[heavy] = torch.softmax(rows, dim=-1)
+        out[:, mask_id] = 0.0
+    return out
+
+
 def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, temperature: float,
                  stats_temperature: float, need_entropy: bool, shifted: torch.Tensor,
                  expd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Statistics of the rows of x [n, V] (read only; `shifted` and `expd` are [n, V] float32 buffers)."""
-    n = x.shape[0]
+    """Statistics of the rows of x [n, V] (read only; `shifted` and `expd` are [n, V] float32 buffers).
+
+    `expd` holds SUBS's softmax(x / T_s) up to its normaliser z, the block sums' total, by which every
+    statistic divides (`_subs_softmax`)."""
+    n, vocab = x.shape
     if x.dtype == torch.float64:  # e.g. an exact oracle's log-probabilities
         x = x.float()
+    size = block_size(vocab)
     block_max = _block_view(x, "max")
     if mask_id is not None:  # SUBS: the mask token is never predicted; drop it from its block's maximum
-        size = block_size(x.shape[1])
-        lo, hi = mask_id // size * size, min(mask_id // size * size + size, x.shape[1])
+        lo, hi = mask_id // size * size, min(mask_id // size * size + size, vocab)
         parts = [x[:, a:b].amax(dim=1) for a, b in ((lo, mask_id), (mask_id + 1, hi)) if b > a]
         block_max[:, mask_id // size] = torch.maximum(*parts) if len(parts) == 2 else (
             parts[0] if parts else torch.full_like(block_max[:, 0], -math.inf))
     top_block = block_max.argmax(dim=1)
     m = block_max.gather(1, top_block.unsqueeze(1)).to(torch.float32)  # [n, 1]
 
-    torch.sub(x, m, out=shifted)  # x - m <= 0
+    values, first = _block_values(x, top_block, -math.inf)
+    values = values.to(torch.float32) - m  # x - m <= 0 over the top block
     if mask_id is not None:
-        shifted[:, mask_id] = -math.inf
-    values, first = _block_values(shifted, top_block, -math.inf)
+        values[top_block == mask_id // size, mask_id % size] = -math.inf
     best = values.argmax(dim=1, keepdim=True)
     argmax = first + best.squeeze(1)
     second_in_block = values.scatter(1, best, -math.inf).amax(dim=1)
     second_elsewhere = (block_max.scatter(1, top_block.unsqueeze(1), -math.inf).amax(dim=1, keepdim=True) - m)
     top2 = torch.maximum(second_in_block, second_elsewhere.squeeze(1))  # minus m
     inv_s = 1.0 / stats_temperature
-    if inv_s != 1.0:
-        shifted.mul_(inv_s)
-    torch.exp(shifted, out=expd)
+
+    _subs_softmax(x, inv_s, mask_id, shifted, expd)
+    peak = expd.gather(1, argmax.unsqueeze(1)).squeeze(1).to(torch.float64)  # the top token's weight
     stats_blocks = _block_view(expd, "sum").to(torch.float64)
     z_stats = stats_blocks.sum(dim=1)
     if temperature == 0:
@@ -128,8 +155,8 @@ def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, t
     else:
         if temperature == stats_temperature:
             draw = expd
-        else:  # LLaDA's convention: the statistics at T = 1, the draw at T
-            draw = torch.exp(shifted * (stats_temperature / temperature))
+        else:  # LLaDA's convention: the statistics at T = 1, the draw at T (its weights need no normaliser)
+            draw = _subs_softmax(x, 1.0 / temperature, mask_id, shifted, torch.empty_like(expd))
         # a block by its (float32-summed) weight, then a token within it in float64: a token's chance
         # within its block is exact however small, whatever the block sums' rounding
         block_weights = stats_blocks if draw is expd else _block_view(draw, "sum").to(torch.float64)
@@ -145,12 +172,15 @@ def _chunk_stats(x: torch.Tensor, u: torch.Tensor | None, mask_id: int | None, t
                         weights)
         proposal = first + pick.squeeze(1)
     sampled_weight = expd.gather(1, proposal.unsqueeze(1)).squeeze(1).to(torch.float64)
-    confidence = 1.0 / z_stats
+    confidence = peak / z_stats
     sampled_prob = sampled_weight / z_stats
-    margin = (1.0 - torch.exp(top2.to(torch.float64) * inv_s)) / z_stats
-    if need_entropy:  # H = log Z - E[(x - m) / T_s]
+    margin = peak * (1.0 - torch.exp(top2.to(torch.float64) * inv_s)) / z_stats
+    if need_entropy:  # H = log(z / peak) - E[(x - m) / T_s]: the same in exp(x - m) units
+        torch.sub(x, m, out=shifted)
+        if inv_s != 1.0:
+            shifted.mul_(inv_s)
         expected = torch.nansum(shifted.mul_(expd), dim=1).to(torch.float64) / z_stats
-        entropy = torch.log(z_stats) - expected
+        entropy = torch.log(z_stats / peak) - expected
     else:
         entropy = torch.zeros(n, dtype=torch.float64, device=x.device)
     return proposal, argmax, confidence, sampled_prob, margin, entropy
@@ -187,18 +217,19 @@ def torch_token_stats(logits: torch.Tensor, rows: torch.Tensor, uniform: torch.T
         if not n:
             continue
         span = min(chunk, batch * length - first)
-        if 2 * n >= span:  # dense: compute the whole span in place of a gather
-            rows_x, index = flat[first : first + span], torch.arange(first, first + span, device=device)
+        dest = here + first
+        if 4 * n >= 3 * span:  # dense: the whole span costs less than gathering its rows first
+            k, rows_x = span, flat[first : first + span]
+            u = flat_u[first : first + span] if flat_u is not None else None
         else:
-            index = here + first
-            rows_x = torch.index_select(flat, 0, index, out=gathered[:n])
-        k = len(index)
-        u = flat_u[index] if flat_u is not None else None
+            k, rows_x = n, torch.index_select(flat, 0, dest, out=gathered[:n])
+            u = flat_u[dest] if flat_u is not None else None
         parts = _chunk_stats(rows_x, u, mask_id, temperature, stats_temperature, need_entropy,
                              shifted[:k], expd[:k])
-        keep = wanted[index]
+        if k > n:  # dense: keep the rows asked for (one index for all, not a boolean mask per statistic)
+            parts = [part.index_select(0, here) for part in parts]
         for target, part in zip(flat_targets, parts):
-            target[index[keep]] = part[keep].to(target.dtype)
+            target.index_copy_(0, dest, part.to(target.dtype))
     return out
 
 
