@@ -280,9 +280,10 @@ def test_statistics_match_a_direct_computation():
 @pytest.mark.parametrize("mask_logit", [None, 120.0, 3.0, -math.inf])
 @pytest.mark.parametrize("temperature, stats_temperature", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.7), (0.7, 1.0)])
 def test_torch_statistics_exclude_the_mask_whatever_its_logit(mask_logit, temperature, stats_temperature):
-    """The CPU path normalises a softmax over the whole row after dropping the mask token; a mask logit
-    that dominates the row (120 here: the rest would underflow) takes the exact route. Against float64 over the row without the mask,
-    at a vocabulary of whole and partial blocks, with impossible (-inf) tokens in the rows."""
+    """The CPU path takes a softmax over the whole row, drops the mask token's entry and divides by what
+    is left; a mask logit that dominates the row (120 here: the rest would underflow) takes the exact
+    route. Against float64 over the row without the mask, at a vocabulary of whole and partial blocks,
+    with impossible (-inf) tokens in the rows."""
     from fewstep.kernels.stats import torch_token_stats
 
     gen = torch.Generator().manual_seed(3)
