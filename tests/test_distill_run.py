@@ -202,6 +202,15 @@ def test_references_need_prompts(tiny_teacher, tmp_path):
     assert not out.exists()
 
 
+def test_verify_needs_a_task_with_a_checker(tiny_teacher, tmp_path):
+    out = tmp_path / "verify"
+    result = run_cli("distill", "distill/markov", *distill_overrides(
+        tiny_teacher, out, "method=trajectory", "rounds.count=1", "trajectory.verify=true"))
+    _fails(result, "trajectory.verify=true needs prompted data whose task has an exact checker",
+           "drop trajectory.verify")
+    assert not out.exists()
+
+
 def test_trajectory_reuse_shares_another_runs_teacher_samples(tiny_teacher, tmp_path):
     first = tmp_path / "first"
     common = ("method=trajectory", "rounds.count=1", "trajectory.num_trajectories=16", "trajectory.batch_size=16",

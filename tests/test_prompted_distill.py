@@ -18,7 +18,12 @@ from fewstep.data.anagram import AnagramOracle
 from fewstep.data.config import AnagramConfig, DataConfig
 from fewstep.data.sources import build_data
 from fewstep.distillation.config import DistillRunConfig, TrajectoryConfig
-from fewstep.distillation.trajectory import ensure_trajectories, select_reference, trajectory_loss
+from fewstep.distillation.trajectory import (
+    ensure_trajectories,
+    keep_verified,
+    select_reference,
+    trajectory_loss,
+)
 from fewstep.errors import ConfigError
 from fewstep.samplers.presets import sample_with_spec
 from fewstep.teacher.config import TeacherRunConfig
@@ -120,6 +125,35 @@ def test_references_are_several_answers_to_each_prompt(tmp_path):
         oracle, tmp_path / "t.pt", 20, 10, 16, 16, 3, data.mask_id, "loglinear", {"k": 1}, progress=False,
         prompts=data.train, prompt_len=data.train_prompt_len, spec="llada", temperature=1.0, references=3)
     assert torch.equal(again, tokens)
+
+
+def _answer(data, index: int, response: str) -> list[int]:
+    """Training prompt `index` with `response` (letters) after it, EOS-filled to the row width."""
+    n = int(data.train_prompt_len[index])
+    row = data.train[index, :n].tolist() + data.tokenizer.encode(response, add_special_tokens=False)
+    return row + [data.task.eos_id] * (data.train.shape[1] - len(row))
+
+
+def test_keep_verified_keeps_the_answers_the_checker_accepts():
+    data = _data()
+    decode = data.tokenizer.decode
+    right = [data.task.answer_letters(decode(data.train[i, : int(data.train_prompt_len[i])].tolist(),
+                                             skip_special_tokens=True)) for i in range(3)]
+    wrong = [r[0] * len(r) for r in right]  # one letter repeated: the collision parallel decoding makes
+    lengths = data.train_prompt_len[:3]
+    # one answer per prompt: the wrong ones drop out with their prompts
+    tokens = torch.tensor([_answer(data, 0, right[0]), _answer(data, 1, wrong[1]), _answer(data, 2, right[2][::-1])])
+    kept, kept_len, counts = keep_verified(tokens, lengths, data.tokenizer, data.task.check)
+    assert torch.equal(kept, tokens[[0, 2]]) and torch.equal(kept_len, lengths[[0, 2]])
+    assert counts == {"answers": 3, "accepted": 2, "prompts": 3, "prompts_kept": 2}
+    # three answers per prompt: a rejected answer becomes the prompt's first accepted one; a prompt with none drops
+    refs = torch.tensor([[_answer(data, 0, wrong[0]), _answer(data, 0, right[0]), _answer(data, 0, right[0][::-1])],
+                         [_answer(data, 1, wrong[1]), _answer(data, 1, wrong[1]), _answer(data, 1, wrong[1][:-1])],
+                         [_answer(data, 2, right[2]), _answer(data, 2, wrong[2]), _answer(data, 2, right[2])]])
+    kept, kept_len, counts = keep_verified(refs, lengths, data.tokenizer, data.task.check)
+    assert counts == {"answers": 9, "accepted": 4, "prompts": 3, "prompts_kept": 2}
+    assert torch.equal(kept_len, lengths[[0, 2]])
+    assert torch.equal(kept[0], refs[0, [1, 1, 2]]) and torch.equal(kept[1], refs[2, [0, 0, 2]])
 
 
 def test_select_reference_takes_the_answer_the_student_finds_likeliest_in_one_pass():
@@ -285,6 +319,53 @@ def test_a_distillation_run_on_several_references_per_prompt(anagram_teacher, tm
     for i, row in enumerate(cached["tokens"]):
         n = int(data.train_prompt_len[i // 3])
         assert torch.equal(row[:n], data.train[i // 3, :n])  # rows 3i, 3i+1, 3i+2 answer prompt i
+
+
+def _verified_run(teacher_dir, out):
+    return load_config(DistillRunConfig, None, [
+        f"teacher.path={teacher_dir}", f"out_dir={out}", *SMALL_TASK, "method=trajectory", "rounds.start_steps=2",
+        "rounds.count=1", "rounds.steps_per_round=2", "trainer.batch_size=8", "trainer.progress=false",
+        "trajectory.num_trajectories=16", "trajectory.references=2", "trajectory.batch_size=16",
+        "trajectory.teacher_steps=2", "trajectory.verify=true", "eval.enabled=false", "logger.wandb.mode=disabled",
+        "optim.warmup_steps=1"])
+
+
+def test_a_verified_distillation_trains_on_accepted_answers_only(anagram_teacher, tmp_path, monkeypatch):
+    from fewstep.distillation import run
+    from fewstep.distillation.run import run_distill
+
+    # the exact oracle answers in the teacher's place: at 2 steps it answers some prompts right, some not
+    oracle = AnagramOracle(build_data(_verified_run(anagram_teacher, tmp_path).data).task)
+    draw, verify = run.ensure_trajectories, run.keep_verified
+    monkeypatch.setattr(run, "ensure_trajectories", lambda teacher, *a, **k: draw(oracle, *a, **k))
+    verified = []  # what keep_verified hands the run
+
+    def recording(*args):
+        verified.append(verify(*args))
+        return verified[-1]
+
+    monkeypatch.setattr(run, "keep_verified", recording)
+    cfg = _verified_run(anagram_teacher, tmp_path / "distill")
+    assert run_distill(cfg).steps == 2
+    (kept, kept_len, counts), = verified
+    assert counts["prompts"] == 16 and counts["answers"] == 32 and 0 < counts["accepted"] < 32
+    assert len(kept) == counts["prompts_kept"] < 16  # some prompts got no right answer: they are gone
+    data = build_data(cfg.data)
+    decode = data.tokenizer.decode
+    for answers, n in zip(kept, kept_len.tolist()):
+        for row in answers.tolist():
+            response = row[n:]
+            response = response[: response.index(data.task.eos_id)] if data.task.eos_id in response else response
+            assert data.task.check(decode(row[:n], skip_special_tokens=True), decode(response, skip_special_tokens=True))
+
+
+def test_a_verified_distillation_whose_teacher_is_always_wrong_stops_with_an_error(anagram_teacher, tmp_path):
+    from fewstep.distillation.run import run_distill
+    from fewstep.errors import RunError
+
+    # the fixture's teacher trained 4 steps: at 2 steps the checker rejects every one of its answers
+    with pytest.raises(RunError, match="rejects all 32 teacher answers.*drop trajectory.verify"):
+        run_distill(_verified_run(anagram_teacher, tmp_path / "distill"))
 
 
 def test_bench_on_a_prompted_task_reports_accuracy_tokens_per_forward_and_aup(anagram_teacher, tmp_path):

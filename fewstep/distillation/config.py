@@ -123,6 +123,10 @@ class TrajectoryConfig:
     # student picks one it can give in parallel instead of copying the teacher's arbitrary choice. The answers
     # must differ, so the teacher samples them at a temperature above 0.
     references: int = 1
+    # keep only the teacher answers the task's exact checker accepts (prompted data whose task has one, e.g.
+    # data.source=anagram): rejection sampling, so that a student distilled from its predecessor does not learn
+    # the predecessor's mistakes; prompts without an accepted answer drop out of training
+    verify: bool = False
     seed: int | None = None  # the teacher's sampling seed; None = trainer.seed
     # another run's trajectories.pt of the same teacher and settings to start from (read, never written): students
     # trained with other seeds or losses share the teacher's samples instead of drawing them again

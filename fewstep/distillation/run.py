@@ -21,7 +21,7 @@ from fewstep.data.tokens import TokenData
 from fewstep.distillation.config import DistillRunConfig
 from fewstep.distillation.module import DistillModule
 from fewstep.distillation.rounds import RoundCallback
-from fewstep.distillation.trajectory import ensure_trajectories
+from fewstep.distillation.trajectory import ensure_trajectories, keep_verified
 from fewstep.errors import ModelError, Preempted, RunError
 from fewstep.model.config import TeacherSourceConfig
 from fewstep.model.denoiser import build_denoiser
@@ -113,6 +113,9 @@ def _distill(cfg: DistillRunConfig, out_dir: Path, ckpt_path: Path | None, callb
     with allocation_errors("building the data"):
         data = build_data(_data_config(cfg, teacher), out_dir, tokenizer=None if teacher.path else teacher.tokenizer)
     _check_fit(teacher, data)
+    if cfg.method == "trajectory" and cfg.trajectory.verify and getattr(data.task, "check", None) is None:
+        raise RunError(f"trajectory.verify=true needs prompted data whose task has an exact checker (e.g. "
+                       f"data.source=anagram); data.source={cfg.data.source} has none: drop trajectory.verify")
     if cfg.method == "trajectory" and cfg.trajectory.references > 1 and not data.prompted:
         raise RunError(f"trajectory.references={cfg.trajectory.references} needs prompted data (several answers to "
                        f"each prompt); data.source={cfg.data.source} has none: drop trajectory.references")
@@ -189,6 +192,15 @@ def _trajectories(cfg: DistillRunConfig, teacher: LoadedModel, data: TokenData, 
         prompt_len=data.train_prompt_len, spec=spec, temperature=temperature,
         reuse=cfg.trajectory.reuse, references=references)
     teacher.denoiser.cpu()
+    if cfg.trajectory.verify:
+        tokens, prompt_len, counts = keep_verified(tokens, prompt_len, data.tokenizer, data.task.check)
+        if counts["prompts_kept"] == 0:
+            raise RunError(f"trajectory.verify: the task's checker rejects all {counts['answers']} teacher answers, "
+                           "so nothing is left to train on; check the teacher (fewstep bench on it) or drop "
+                           "trajectory.verify")
+        if cfg.trainer.progress:
+            print(f"verified teacher answers: {counts['accepted']}/{counts['answers']} accepted, "
+                  f"{counts['prompts_kept']}/{counts['prompts']} prompts kept")
     return tokens, prompt_len
 
 

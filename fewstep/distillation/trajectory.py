@@ -11,6 +11,9 @@ is an arbitrary choice among them that a few-step student cannot learn to predic
 With several teacher answers per prompt (`trajectory.references`), each step trains on the one the
 student already finds likeliest in a single forward pass from the fully masked response: reference
 selection, as Shao et al. (2022, "One Reference Is Not Enough") do it for non-autoregressive translation.
+Where the task has an exact checker, `trajectory.verify` keeps only the answers it accepts (rejection
+sampling): a student that is its own next teacher would otherwise learn its own mistakes, and reference
+selection would prefer exactly the wrong answers it already finds likely.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from fewstep.core.diffusion import NoiseSchedule, exclude_mask, forward_process,
 from fewstep.core.io import atomic_save, load_checkpoint
 from fewstep.core.streams import NoiseSource
 from fewstep.errors import CheckpointError
+from fewstep.evaluation.accuracy import Checker, responses_correct
 from fewstep.samplers.presets import sample_with_spec  # samplers build on distill, not the reverse
 
-__all__ = ["ensure_trajectories", "select_reference", "trajectory_loss"]
+__all__ = ["ensure_trajectories", "keep_verified", "select_reference", "trajectory_loss"]
 
 SAVE_EVERY_S = 60.0  # how often a growing trajectory cache is written to disk
 
@@ -103,6 +107,28 @@ def _cached(path: Path, signature: dict[str, Any], fix: str) -> torch.Tensor:
     if saved != json.loads(json.dumps(signature, default=str)):
         raise CheckpointError(f"{path} holds trajectories made with other settings ({saved}); {fix}")
     return cached["tokens"]
+
+
+def keep_verified(tokens: torch.Tensor, prompt_len: torch.Tensor, tokenizer: Any, check: Checker
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """The teacher answers `check` accepts: `tokens` [N, L] (or [N, R, L], R answers per prompt) and their
+    prompt lengths [N], with the prompts whose answers are all rejected dropped. With R answers, a rejected one
+    is replaced by an accepted answer to the same prompt, so reference selection only ever picks among right
+    answers (a repeated answer does not change which is likeliest). Also returns the counts, for the log."""
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    per_prompt = tokens.shape[1] if tokens.dim() == 3 else 1
+    lengths = prompt_len.repeat_interleave(per_prompt)
+    accepted = responses_correct(rows, rows, lengths, tokenizer, check=check).bool().view(len(tokens), per_prompt)
+    kept = accepted.any(1)
+    counts = {"answers": accepted.numel(), "accepted": int(accepted.sum()), "prompts": len(tokens),
+              "prompts_kept": int(kept.sum())}
+    if tokens.dim() == 2:
+        return tokens[kept], prompt_len[kept], counts
+    # each rejected answer takes the place of the prompt's first accepted one
+    first = accepted.to(torch.int8).argmax(1, keepdim=True).expand_as(accepted)
+    source = torch.where(accepted, torch.arange(per_prompt).expand_as(accepted), first)
+    chosen = tokens.gather(1, source.unsqueeze(-1).expand_as(tokens))
+    return chosen[kept], prompt_len[kept], counts
 
 
 def select_reference(student: nn.Module, references: torch.Tensor, prompt_len: torch.Tensor, mask_id: int
