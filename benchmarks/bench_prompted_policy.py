@@ -37,14 +37,21 @@ from fewstep.summary import format_table
 from fewstep.tradeoff.bench import run_bench
 from fewstep.tradeoff.config import BenchModel, BenchRunConfig
 
+HEAD_FILES = ("scheduler_config.json", "policy_head.safetensors")  # what `fewstep schedule` adds to the copy
+
 
 def learn(source: Path, copy: Path, seed: int, args: argparse.Namespace) -> None:
     """Copy the model directory and learn the head into the copy (a finished copy is reused)."""
     if (copy / "scheduler_config.json").is_file():
         return
-    if copy.exists():
-        shutil.rmtree(copy)  # a copy this script made and did not finish
-    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("scheduler_config.json", "policy_head.safetensors"))
+    if copy.exists():  # an unfinished copy: delete it only if it holds nothing but the source's files and the head's
+        stray = sorted({p.name for p in copy.iterdir() if not p.name.startswith(".")}
+                       - {p.name for p in source.iterdir()} - set(HEAD_FILES))
+        if stray:
+            raise SystemExit(f"error: {copy} holds files that are not a copy of {source} ({', '.join(stray[:3])}); "
+                             "it is not deleted. Remove it yourself or give another --out")
+        shutil.rmtree(copy)
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns(*HEAD_FILES))
     run_schedule_config(load_config(ScheduleRunConfig, None, [
         f"model={copy}", f"steps={args.steps}", "what=policy", "policy.schedule=cap", "temperature=0",
         f"seed={seed}", f"policy.rollouts={args.rollouts}", f"policy.heldout_rollouts={args.rollouts // 2}",
