@@ -45,7 +45,7 @@ def learn(source: Path, copy: Path, seed: int, args: argparse.Namespace) -> None
     if (copy / "scheduler_config.json").is_file():
         return
     if copy.exists():  # an unfinished copy: delete it only if it holds nothing but the source's files and the head's
-        stray = sorted({p.name for p in copy.iterdir() if not p.name.startswith(".")}
+        stray = sorted({p.name for p in copy.iterdir()}
                        - {p.name for p in source.iterdir()} - set(HEAD_FILES))
         if stray:
             raise SystemExit(f"error: {copy} holds files that are not a copy of {source} ({', '.join(stray[:3])}); "
