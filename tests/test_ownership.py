@@ -147,6 +147,45 @@ def test_export_never_replaces_what_is_not_an_export(run, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.old"))
 
 
+def test_a_leftover_old_directory_is_deleted_only_if_it_passes_the_same_check(tmp_path):
+    # `.NAME.old` is where a swap keeps the previous directory; an interrupted swap may leave one
+    from fewstep.core.io import atomic_replace_dir
+
+    def fill(tmp: Path) -> None:
+        (tmp / "fewstep.json").write_text("{}")
+
+    target = tmp_path / "model"
+    foreign = tmp_path / ".model.old"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    before = checksums(foreign)
+    with pytest.raises(OwnershipError, match=r"\.model\.old is a directory fewstep did not write"):
+        atomic_replace_dir(target, fill)
+    assert checksums(foreign) == before and not target.exists() and not list(tmp_path.glob(".*.tmp"))
+
+    linked = tmp_path / ".other.old"
+    linked.symlink_to(foreign, target_is_directory=True)
+    with pytest.raises(OwnershipError, match="is a link"):
+        atomic_replace_dir(tmp_path / "other", fill)
+    assert checksums(foreign) == before and linked.is_symlink()
+
+    calls = []  # a custom check (the export's) is asked about the leftover as well
+    with pytest.raises(OwnershipError, match="no"):
+        atomic_replace_dir(target, fill, check=lambda path: calls.append(path.name) or _refuse("no"))
+    assert calls == [".model.old"] and checksums(foreign) == before
+
+    shutil.rmtree(foreign)  # a leftover of fewstep's own is cleared by the next swap
+    linked.unlink()
+    atomic_replace_dir(target, fill)
+    shutil.copytree(target, foreign)
+    atomic_replace_dir(target, fill)
+    assert (target / "fewstep.json").is_file() and not foreign.exists()
+
+
+def _refuse(message: str) -> None:
+    raise OwnershipError(message)
+
+
 @pytest.mark.slow
 def test_an_export_is_replaced_only_with_overwrite(run, tmp_path):
     out = tmp_path / "export"

@@ -86,13 +86,19 @@ def atomic_replace_dir(path: str | Path, fill: Callable[[Path], None],
     The old directory is kept until the new one is complete, so an interrupted export leaves
     either the old directory or the new one, never a mixture. An existing `path` is first passed to
     `check`, which raises unless it may be replaced (by default: empty, or holding fewstep's files).
+    A `.NAME.old` left beside it by an interrupted swap is deleted only if it passes `check` too.
     """
     path = Path(path)
+    old = path.parent / f".{path.name}.old"
     if path.exists() or path.is_symlink():
         check(path)
+    if old.is_symlink():
+        raise OwnershipError(f"{old} is a link where fewstep keeps the previous {path.name} during a swap; it is "
+                             "not followed or replaced. Move it away and run again")
+    if old.exists():
+        check(old)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = path.parent / f".{path.name}.old"
     try:
         fill(tmp)
         if old.exists():
